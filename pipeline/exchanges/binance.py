@@ -1,0 +1,107 @@
+"""Binance spot: ``<symbol>@depth20@100ms`` books and ``<symbol>@trade`` trades on combined streams.
+
+The combined-stream endpoint wraps every payload as ``{"stream": "<name>", "data": {...}}``, which is
+the only place a depth20 message names its symbol. The server pings every 20 s and websocket-client
+answers with a pong by itself; there is no application-level keep-alive.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import orjson
+
+from pipeline.exchanges.base import (
+    COMMON_QUOTES,
+    Exchange,
+    Feed,
+    Parsed,
+    Semantics,
+    as_int,
+    control,
+    malformed,
+    ms_to_us,
+    split_pair,
+)
+from pipeline.records import Record
+
+BOOK, TRADE = "@depth20@100ms", "@trade"
+STREAMS = {"orderbook": BOOK, "trades": TRADE}
+
+
+def normalize_symbol(text: str) -> str:
+    base, quote = split_pair(text, COMMON_QUOTES)
+    return (base + quote).lower()
+
+
+def connection_url(base: str, symbols: Sequence[str], feeds: Sequence[str]) -> str:
+    return base.rstrip("/") + "/stream"
+
+
+def _streams(symbols: Sequence[str], feeds: Sequence[str]) -> list[str]:
+    return [symbol + STREAMS[feed] for symbol in symbols for feed in feeds]
+
+
+def subscribe_messages(symbols: Sequence[str], feeds: Sequence[str]) -> list[str]:
+    streams = _streams(symbols, feeds)
+    # Binance counts every control message against 5 per second; 200 streams per message keeps
+    # even a full connection (1024 streams) to a handful of messages.
+    return [
+        orjson.dumps({"method": "SUBSCRIBE", "params": streams[i : i + 200], "id": i // 200 + 1}).decode()
+        for i in range(0, len(streams), 200)
+    ]
+
+
+def parse(frame: bytes) -> Parsed:
+    msg = orjson.loads(frame)
+    if not isinstance(msg, dict):
+        return malformed("not a JSON object")
+    stream = msg.get("stream")
+    data = msg.get("data")
+    if isinstance(stream, str) and isinstance(data, dict):
+        symbol, _, channel = stream.partition("@")
+        if channel == "trade":
+            trade_id = as_int(data["t"])
+            return Parsed(
+                records=(Record(symbol, "trade", str(trade_id), ms_to_us(data["E"]), frame, trade_id, trade_id - 1),)
+            )
+        if channel == "depth20@100ms":
+            update_id = as_int(data["lastUpdateId"])
+            if not isinstance(data.get("bids"), list) or not isinstance(data.get("asks"), list):
+                return malformed("depth message without bids/asks")
+            return Parsed(records=(Record(symbol, "orderbook", str(update_id), None, frame, update_id),))
+        if data.get("e") == "serverShutdown":
+            return control("info", "server shutdown announced")
+        return control("unknown", stream)
+    if "result" in msg and "id" in msg:
+        return control("ack")
+    if "code" in msg and "msg" in msg:
+        text = f"{msg['code']}: {msg['msg']}"
+        if msg.get("code") in (-1003, 429):
+            return control("rate_limit", text)
+        return control("error", text)
+    return control("unknown", frame[:200].decode("utf-8", "replace"))
+
+
+def resubscribe_book(symbol: str) -> list[str]:
+    stream = symbol + BOOK
+    return [
+        orjson.dumps({"method": "UNSUBSCRIBE", "params": [stream], "id": 901}).decode(),
+        orjson.dumps({"method": "SUBSCRIBE", "params": [stream], "id": 902}).decode(),
+    ]
+
+
+EXCHANGE = Exchange(
+    name="binance",
+    url="wss://stream.binance.com:9443",
+    feeds={
+        "orderbook": Feed("orderbook", "depth20@100ms", Semantics.MONOTONIC, cadence_secs=5.0),
+        "trades": Feed("trade", "trade", Semantics.CONTIGUOUS, cadence_secs=300.0),
+    },
+    normalize_symbol=normalize_symbol,
+    connection_url=connection_url,
+    subscribe_messages=subscribe_messages,
+    parse=parse,
+    max_symbols_per_connection=200,
+    subscribe_interval_secs=0.25,
+    resubscribe_book=resubscribe_book,
+)

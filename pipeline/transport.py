@@ -1,0 +1,73 @@
+"""ZeroMQ PUSH/PULL as every stage uses it.
+
+PULL binds and PUSH connects, so both ends of a hop are given the same endpoint and any number of
+pushers can feed one puller. Sends never block: a message that would block (the high-water mark is
+reached because downstream is slow or gone) is dropped and its records are counted, so a stalled
+stage can never stall a WebSocket read upstream.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import zmq
+
+from pipeline import metrics
+
+LINGER_MS = 2000
+
+
+def context() -> zmq.Context:
+    return zmq.Context.instance()
+
+
+class Pusher:
+    def __init__(self, endpoint: str, hwm: int, stage: str, ctx: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self.socket = (ctx or context()).socket(zmq.PUSH)
+        self.socket.setsockopt(zmq.SNDHWM, hwm)
+        self.socket.setsockopt(zmq.LINGER, LINGER_MS)
+        self.socket.connect(endpoint)
+        self._dropped = metrics.MESSAGES_DROPPED.labels(stage=stage)
+        self.dropped_records = 0
+        self.last_drop_monotonic: float | None = None
+
+    def send(self, frames: Sequence, records: int) -> bool:
+        """Sends without blocking; on a full queue drops the message and counts its records."""
+        try:
+            self.socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            self._dropped.inc(records)
+            self.dropped_records += records
+            self.last_drop_monotonic = time.monotonic()
+            return False
+
+    def close(self, linger_ms: int = LINGER_MS) -> None:
+        self.socket.close(linger=linger_ms)
+
+
+class Puller:
+    def __init__(self, endpoint: str, hwm: int, ctx: zmq.Context | None = None):
+        self.endpoint = endpoint
+        self.socket = (ctx or context()).socket(zmq.PULL)
+        self.socket.setsockopt(zmq.RCVHWM, hwm)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+
+    def recv(self, timeout_ms: int) -> list | None:
+        """The next message's frames, or None when nothing came within the timeout."""
+        if not self._poller.poll(timeout_ms):
+            return None
+        return self.socket.recv_multipart(copy=False)
+
+    def recv_nowait(self) -> list | None:
+        try:
+            return self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
