@@ -58,11 +58,11 @@ class Setting:
     default: str | None
     parse: Callable[[str, str], Any]
     help: str
-    secret: bool = False
+    flag: str | None = None  # the option, where it is not the variable's name
 
     @property
     def option(self) -> str:
-        return "--" + self.variable.lower().replace("_", "-")
+        return self.flag or "--" + self.variable.lower().replace("_", "-")
 
     @property
     def key(self) -> str:
@@ -94,9 +94,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("LOG_RETENTION_DAYS", "1", _INT, "days of JSON log files kept"),
         Setting("LOG_DIR", "logs", _text, "folder of the JSON-lines log files"),
         Setting("DATA_DIR", "data", _text, "DuckDB file and outbox"),
-        Setting("ZMQ_PUSH", "", _text, "endpoint this stage pushes to (connects)"),
-        Setting("ZMQ_PULL", "", _text, "endpoint this stage pulls from (binds)"),
-        Setting("ZMQ_HWM", "1000", _INT, "ZeroMQ high-water mark, in messages"),
+        Setting("ZMQ_PUSH", "", _text, "endpoint this stage pushes to (connects)", flag="--push"),
+        Setting("ZMQ_PULL", "", _text, "endpoint this stage pulls from (binds)", flag="--pull"),
+        Setting("ZMQ_HWM", "1000", _INT, "ZeroMQ high-water mark, in messages", flag="--hwm"),
         Setting("BOOK_RESYNC_MIN_INTERVAL_SECS", "5", _FLOAT, "at most one book resync per symbol in this time"),
         Setting("VERIFY_BOOK_CHECKSUM", "on", _flag, "verify exchange book checksums where a feed has them"),
         Setting("MAX_FRAME_BYTES", "16777216", _INT, "larger WebSocket frames are refused and counted"),

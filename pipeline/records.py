@@ -61,7 +61,8 @@ def now_us() -> int:
     return time.time_ns() // 1000
 
 
-def encode_records(headers: Sequence[Header], datas: Sequence[bytes]) -> list[bytes]:
+def encode_records(headers: Sequence[tuple], datas: Sequence[bytes]) -> list[bytes]:
+    """``headers`` are plain tuples in ``Header`` field order (orjson encodes them fastest)."""
     return [RECORDS, orjson.dumps(headers), b"".join(datas)]
 
 

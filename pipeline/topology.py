@@ -58,3 +58,66 @@ def simulators(exchanges: tuple[str, ...] = EXCHANGES) -> list[Stage]:
 
 def health_endpoints(exchanges: tuple[str, ...] = EXCHANGES) -> dict[str, str]:
     return {stage.name: f"http://127.0.0.1:{stage.metrics_port}" for stage in stages(exchanges)}
+
+
+SUPERVISOR_HEADER = """\
+; crypto-collector: every stage of the pipeline as a supervisord program.
+; Rendered from pipeline/topology.py (``collector run`` renders the same, plus the simulators with
+; --simulate); a test keeps this file equal to the rendering.
+;
+; Scaling out: run several ingest processes per exchange with the symbols split between them, e.g.
+;   [program:ingest-binance-2]  command=collector ingest --exchange binance --symbols solusdt,xrpusdt ... --metrics-port 9106
+; every ingest pushes to the same check endpoint (PULL binds, PUSH connects); give each its own
+; --metrics-port and add it to docker/prometheus.yml.
+;
+; Stop order: supervisord stops programs in reverse priority: ingest first, then check, persist
+; (which flushes to DuckDB) and archive; stopwaitsecs is above each stage's own shutdown budget.
+
+[supervisord]
+nodaemon=true
+logfile=/dev/null
+logfile_maxbytes=0
+pidfile={pidfile}
+
+[unix_http_server]
+file={socket}
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{socket}
+"""
+
+PRIORITY = {"simulate": 10, "persist": 100, "archive": 100, "check": 200, "ingest": 300}
+
+
+def render_supervisord(command: str = "collector", simulate: bool = False, state_dir: str = "/tmp",
+                       extra_args: tuple[str, ...] = (), exchanges: tuple[str, ...] = EXCHANGES) -> str:
+    """A supervisord configuration running every stage (and, with ``simulate``, the exchange simulators)."""
+    sections = [SUPERVISOR_HEADER.format(pidfile=f"{state_dir}/crypto-collector-supervisord.pid",
+                                         socket=f"{state_dir}/crypto-collector-supervisor.sock")]
+    programs = (simulators(exchanges) if simulate else []) + stages(exchanges)
+    for stage in programs:
+        args = list(stage.args)
+        if stage.metrics_port:
+            args += ["--metrics-port", str(stage.metrics_port)]
+        if simulate and args[0] == "ingest":
+            args += ["--ws-url", f"ws://127.0.0.1:{SIMULATOR_PORTS[args[2]]}"]
+        if args[0] in ("ingest", "check", "persist", "archive"):
+            args += list(extra_args)
+        sections.append(
+            f"[program:{stage.name}]\n"
+            f"command={command} {' '.join(args)}\n"
+            f"priority={PRIORITY[args[0]]}\n"
+            "autostart=true\n"
+            "autorestart=true\n"
+            "startsecs=2\n"
+            "stopsignal=TERM\n"
+            f"stopwaitsecs={stage.shutdown_secs + 10}\n"
+            "stopasgroup=true\n"
+            "stdout_logfile=/dev/stdout\n"
+            "stdout_logfile_maxbytes=0\n"
+            "redirect_stderr=true\n"
+        )
+    return "\n".join(sections)

@@ -70,6 +70,8 @@ class Exchange:
     keepalive_secs: float | None = None  # send ``keepalive_message`` after this long without sending
     keepalive_message: str | None = None
     resubscribe_book: Callable[[str], list[str]] | None = None  # (symbol) -> unsubscribe + subscribe
+    # (book state or None, book record) -> (new state, whether the record's checksum matched)
+    verify_book: Callable[[object, Record], tuple[object, bool]] | None = None
 
     def parse_safely(self, frame: bytes) -> Parsed:
         """``parse`` that turns any exception into a malformed-frame result: bad input never kills ingest."""
@@ -99,18 +101,36 @@ def split_pair(text: str, quotes: Sequence[str]) -> tuple[str, str]:
 COMMON_QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "GBP", "KRW", "BTC", "ETH", "BNB", "TRY", "JPY")
 
 
+# Ids and times end up in BIGINT columns and in 64-bit orjson headers; ``id - 1`` must fit too.
+MAX_INT = 2**63 - 2
+
+
 def as_int(value: object) -> int:
-    """An integer field that exchanges send as a number or a string of digits; anything else is malformed."""
-    if type(value) is int:
-        return value
-    if type(value) is str and value.lstrip("-").isdigit():
-        return int(value)
-    raise TypeError(f"expected an integer, got {value!r:.40}")
+    """An integer field that exchanges send as a number or a string of digits; anything else is malformed.
+
+    Values outside the signed 64-bit range are malformed too: they could not be stored or sent on.
+    """
+    if type(value) is str:
+        if len(value) < 19 and value.isdigit() and value.isascii():
+            return int(value)  # the common case; 18 digits always fit
+        if not (len(value) <= 20 and value.isascii() and value.lstrip("-").isdigit()):
+            raise TypeError(f"expected an integer, got {value!r:.40}")
+        number = int(value)
+    elif type(value) is int:
+        number = value
+    else:
+        raise TypeError(f"expected an integer, got {value!r:.40}")
+    if -MAX_INT <= number <= MAX_INT:
+        return number
+    raise ValueError(f"integer out of the 64-bit range: {value!r:.40}")
 
 
 def ms_to_us(value: object) -> int:
     """Milliseconds (number or digit string) to microseconds."""
-    return as_int(value) * 1000
+    micros = as_int(value) * 1000
+    if -MAX_INT <= micros <= MAX_INT:
+        return micros
+    raise ValueError(f"time out of the 64-bit range: {value!r:.40}")
 
 
 def derived_id(timestamp: int | None, frame: bytes) -> str:

@@ -1,0 +1,156 @@
+"""Sequence tracking per ``exchange:symbol:data_type``: ok, gap, out-of-order or duplicate.
+
+Each feed declares what its ids promise (``Semantics``), so a gap is reported only where ids say
+events were skipped:
+
+    CONTIGUOUS  ``prev`` must be the stream's newest id; otherwise ids ``newest+1 .. prev`` are missing
+    LINKED      ``prev`` must be the newest id; otherwise the chain broke (how many are missing is unknown)
+    MONOTONIC   ids only increase, jumps are normal: never a gap
+    UNIQUE      ids repeat only as duplicates; order means nothing
+    NONE        no id to check
+
+A record whose id was seen recently is a duplicate. An older id never seen is out of order and does
+not move the stream's newest id. A gap waits ``grace`` seconds before it is reported, so a reordered
+pair (1, 2, 4, 3, 5) is one out-of-order record, not a gap: a missing id that turns up late fills its
+gap. The first record of a new epoch (a reconnect, a snapshot) starts the chain afresh: never a gap;
+the outage itself is reported by ingest as a ``disconnect`` row.
+
+Memory is bounded: at most ``max_streams`` streams (least recently used forgotten), ``RECENT`` ids and
+``MAX_PENDING`` open gaps per stream.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Callable
+
+from cachetools import LRUCache
+
+from pipeline.exchanges.base import Semantics
+from pipeline.records import gap_event
+
+OK, DUPLICATE, OUT_OF_ORDER = "ok", "duplicate", "out_of_order"
+RECENT = 1024
+MAX_PENDING = 64
+
+
+@dataclasses.dataclass
+class _PendingGap:
+    first: int  # first missing id (CONTIGUOUS) / last id before the break (LINKED)
+    last: int  # last missing id (CONTIGUOUS) / the id the breaking record named as previous (LINKED)
+    start_time: int
+    end_time: int
+    detected: float
+    received: str
+
+
+class _Stream:
+    __slots__ = ("epoch", "newest", "newest_time", "recent", "recent_order", "pending")
+
+    def __init__(self) -> None:
+        self.epoch: str | None = None
+        self.newest: int | None = None
+        self.newest_time = 0
+        self.recent: set[int] = set()
+        self.recent_order: collections.deque[int] = collections.deque()
+        self.pending: list[_PendingGap] = []
+
+    def remember(self, seq: int) -> None:
+        self.recent.add(seq)
+        self.recent_order.append(seq)
+        if len(self.recent_order) > RECENT:
+            self.recent.discard(self.recent_order.popleft())
+
+
+class SequenceTracker:
+    def __init__(self, semantics: Callable[[str, str], Semantics], max_streams: int = 10_000, grace: float = 2.0):
+        self._semantics = semantics
+        self._streams: LRUCache = LRUCache(maxsize=max_streams)
+        self._kinds: dict[tuple[str, str], Semantics] = {}
+        self.grace = grace
+        self._confirmed: list[dict] = []
+
+    def observe(self, exchange: str, symbol: str, data_type: str, seq: int | None, prev: int | None,
+                snapshot: bool, epoch: str, received_us: int, received_id: str, now: float) -> str:
+        kind = self._kinds.get((exchange, data_type))
+        if kind is None:
+            kind = self._kinds[(exchange, data_type)] = self._semantics(exchange, data_type)
+        if seq is None or kind is Semantics.NONE:
+            return OK
+        key = (exchange, symbol, data_type)
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream()
+        if seq in stream.recent:
+            return DUPLICATE
+        stream.remember(seq)
+        if kind is Semantics.UNIQUE:
+            return OK
+        if stream.epoch != epoch or snapshot or stream.newest is None:
+            if stream.epoch != epoch:
+                self._confirm_all(key, stream)
+            stream.epoch, stream.newest, stream.newest_time = epoch, seq, received_us
+            return OK
+        if seq <= stream.newest:
+            self._fill(stream, seq, kind)
+            return OUT_OF_ORDER
+        if kind is not Semantics.MONOTONIC and prev is not None and prev != stream.newest:
+            if kind is Semantics.CONTIGUOUS and prev > stream.newest:
+                gap = _PendingGap(stream.newest + 1, prev, stream.newest_time, received_us, now, received_id)
+            else:
+                gap = _PendingGap(stream.newest, prev, stream.newest_time, received_us, now, received_id)
+            stream.pending.append(gap)
+            if len(stream.pending) > MAX_PENDING:
+                self._confirm(key, stream.pending.pop(0), kind)
+        stream.newest, stream.newest_time = seq, received_us
+        return OK
+
+    def _fill(self, stream: _Stream, seq: int, kind: Semantics) -> None:
+        """A late record fills (part of) a pending gap."""
+        for i, gap in enumerate(stream.pending):
+            if kind is Semantics.LINKED:
+                if seq == gap.last:  # the one missing link arrived
+                    del stream.pending[i]
+                    return
+                continue
+            if gap.first <= seq <= gap.last:
+                if gap.first == gap.last:
+                    del stream.pending[i]
+                elif seq == gap.first:
+                    gap.first += 1
+                elif seq == gap.last:
+                    gap.last -= 1
+                else:
+                    stream.pending.insert(i + 1, dataclasses.replace(gap, first=seq + 1))
+                    gap.last = seq - 1
+                return
+
+    def confirm(self, now: float) -> list[dict]:
+        """Gaps older than the grace period, as ``gaps`` rows; the caller counts and stores them."""
+        for key, stream in list(self._streams.items()):
+            if stream.pending and now - stream.pending[0].detected >= self.grace:
+                kind = self._kinds[(key[0], key[2])]
+                while stream.pending and now - stream.pending[0].detected >= self.grace:
+                    self._confirm(key, stream.pending.pop(0), kind)
+        confirmed, self._confirmed = self._confirmed, []
+        return confirmed
+
+    def confirm_all(self) -> list[dict]:
+        for key, stream in list(self._streams.items()):
+            self._confirm_all(key, stream)
+        confirmed, self._confirmed = self._confirmed, []
+        return confirmed
+
+    def _confirm_all(self, key: tuple, stream: _Stream) -> None:
+        kind = self._kinds[(key[0], key[2])]
+        while stream.pending:
+            self._confirm(key, stream.pending.pop(0), kind)
+
+    def _confirm(self, key: tuple, gap: _PendingGap, kind: Semantics) -> None:
+        exchange, symbol, data_type = key
+        if kind is Semantics.CONTIGUOUS:
+            expected, missing = str(gap.first), gap.last - gap.first + 1
+        else:
+            expected, missing = str(gap.last), None
+        self._confirmed.append(gap_event("gap", exchange, symbol, data_type, gap.start_time, gap.end_time,
+                                         expected=expected, received=gap.received, missing=missing))

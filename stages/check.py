@@ -1,0 +1,143 @@
+"""check: PULL from every ingest -> sequence and latency checks -> PUSH to persist.
+
+Reads only the header frame of each message; the records' raw JSON is forwarded untouched. Gaps
+confirmed by the tracker become rows of the ``gaps`` table, sent to persist beside the records.
+"""
+from __future__ import annotations
+
+import collections
+import signal
+import threading
+import time
+
+import click
+from loguru import logger
+
+from pipeline import config as cfg
+from pipeline import exchanges, health, logs, metrics
+from pipeline.exchanges.base import Semantics
+from pipeline.records import EVENTS, RECORDS, WireError, decode_events, decode_headers, encode_events
+from pipeline.sequence import DUPLICATE, OUT_OF_ORDER, SequenceTracker
+from pipeline.transport import Puller, Pusher
+
+CONFIRM_EVERY_SECS = 0.5
+DRAIN_SECS = 3.0
+
+
+def feed_semantics(exchange: str, data_type: str) -> Semantics:
+    adapter = exchanges.REGISTRY.get(exchange)
+    if adapter is not None:
+        for feed in adapter.feeds.values():
+            if feed.data_type == data_type:
+                return feed.semantics
+    return Semantics.NONE
+
+
+class Checker:
+    """Turns header rows into verdicts and metrics; the loop below only moves messages."""
+
+    def __init__(self, tracker: SequenceTracker):
+        self.tracker = tracker
+        self._latency: dict[tuple[str, str], object] = {}
+
+    def check(self, rows: list[list], now: float) -> None:
+        observe = self.tracker.observe
+        latency = self._latency
+        verdicts: collections.Counter = collections.Counter()
+        received: collections.Counter = collections.Counter()
+        for exchange, symbol, data_type, seq_id, collected, exchange_time, seq, prev, snapshot, epoch, _ in rows:
+            received[(exchange, symbol, data_type)] += 1
+            verdict = observe(exchange, symbol, data_type, seq, prev, snapshot, epoch, collected, seq_id, now)
+            if verdict != "ok":
+                verdicts[(verdict, exchange, symbol, data_type)] += 1
+            if exchange_time is not None:
+                delay_ms = (collected - exchange_time) / 1000.0
+                if delay_ms >= 0:
+                    histogram = latency.get((exchange, data_type))
+                    if histogram is None:
+                        histogram = latency[(exchange, data_type)] = metrics.LATENCY.labels(exchange=exchange, data_type=data_type)
+                    histogram.observe(delay_ms)
+                else:
+                    metrics.NEGATIVE_LATENCY.labels(exchange=exchange).inc()
+        for (exchange, symbol, data_type), count in received.items():
+            metrics.MESSAGES_RECEIVED.labels(stage="check", exchange=exchange, symbol=symbol, data_type=data_type).inc(count)
+        for (verdict, exchange, symbol, data_type), count in verdicts.items():
+            counter = metrics.SEQUENCE_DUPLICATES if verdict == DUPLICATE else metrics.SEQUENCE_OUT_OF_ORDER
+            counter.labels(exchange=exchange, symbol=symbol, data_type=data_type).inc(count)
+
+    @staticmethod
+    def count_gaps(gaps: list[dict]) -> None:
+        for gap in gaps:
+            labels = dict(exchange=gap["exchange"], symbol=gap["symbol"], data_type=gap["data_type"])
+            metrics.SEQUENCE_GAPS.labels(**labels).inc()
+            if gap["missing"] is not None:
+                metrics.SEQUENCE_GAP_SIZE.labels(**labels).observe(gap["missing"])
+            logger.warning("gap in {exchange}:{symbol}:{data_type}: expected {expected}, received {received}, "
+                           "missing {missing}", **gap)
+
+
+@click.command()
+@cfg.options("ZMQ_PULL", "ZMQ_PUSH", "ZMQ_HWM", "SEQUENCE_MAX_STREAMS", "METRICS_PORT", "METRICS_HOST",
+             "LOG_LEVEL", "LOG_DIR", "LOG_RETENTION_DAYS")
+def command(**raw: str | None) -> None:
+    """The checking stage: sequence gaps, duplicates, reordering and latency."""
+    conf = cfg.load(raw)
+    logs.setup("check", conf.log_level, conf.log_dir, conf.log_retention_days)
+    metrics.register(metrics.CHECK)
+    state = health.Health("check")
+    server = health.serve(state, conf.metrics_host, conf.metrics_port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+    puller = Puller(conf.zmq_pull or cfg.DEFAULT_INGEST_ENDPOINT, conf.zmq_hwm)
+    pusher = Pusher(conf.zmq_push or cfg.DEFAULT_PERSIST_ENDPOINT, conf.zmq_hwm, "check")
+    checker = Checker(SequenceTracker(feed_semantics, conf.sequence_max_streams))
+    bad = metrics.BAD_MESSAGES.labels(stage="check")
+    state.dropped = lambda: pusher.dropped_records
+    state.last_drop = lambda: pusher.last_drop_monotonic
+    state.ready = True
+    logger.info("check: pulling {}, pushing {}", puller.endpoint, pusher.endpoint)
+
+    def handle(frames: list) -> None:
+        kind = frames[0].bytes
+        try:
+            if kind == RECORDS:
+                rows = decode_headers([kind, frames[1].bytes, frames[2].buffer])
+                checker.check(rows, time.monotonic())
+                pusher.send(frames, len(rows))
+            elif kind == EVENTS:
+                decode_events([kind, frames[1].bytes])
+                pusher.send(frames, 0)
+            else:
+                raise WireError(f"unknown message kind {kind[:8]!r}")
+        except WireError as exc:
+            bad.inc()
+            logger.warning("check: dropped a malformed message: {}", exc)
+
+    last_confirm = time.monotonic()
+    while not stop.is_set():
+        frames = puller.recv(100)
+        if frames is not None:
+            handle(frames)
+        now = time.monotonic()
+        if now - last_confirm >= CONFIRM_EVERY_SECS:
+            gaps = checker.tracker.confirm(now)
+            if gaps:
+                checker.count_gaps(gaps)
+                pusher.send(encode_events(gaps), 0)
+            last_confirm = now
+            state.progressed()
+
+    logger.info("check: stopping; draining what ingest already sent")
+    deadline = time.monotonic() + DRAIN_SECS
+    while time.monotonic() < deadline and (frames := puller.recv(200)) is not None:
+        handle(frames)
+    gaps = checker.tracker.confirm_all()
+    if gaps:
+        checker.count_gaps(gaps)
+        pusher.send(encode_events(gaps), 0)
+    pusher.close(linger_ms=4000)
+    puller.close()
+    server.shutdown()
+    logger.info("check: stopped")

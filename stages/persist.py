@@ -1,0 +1,192 @@
+"""persist: PULL from check -> batched, deduplicated DuckDB inserts -> sealed Parquet in the outbox.
+
+The only process that opens the DuckDB file. Every BATCH_INTERVAL the records received since the
+last insert go in as one Arrow table; every ARCHIVE_INTERVAL_SECS (at once on SIGUSR1) the stored
+rows are sealed into outbox files for archive. On SIGTERM it drains what check already sent, inserts
+it, seals too if SEAL_ON_EXIT, and exits 0.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+import duckdb
+import pyarrow as pa
+from loguru import logger
+
+from pipeline import config as cfg
+from pipeline import health, logs, metrics
+from pipeline.records import EVENTS, RECORDS, WireError, decode_events, decode_headers
+from pipeline.storage import SNAPSHOT_SCHEMA, Store, StoreLocked, batch_from_wire
+from pipeline.transport import Puller
+
+MAX_BUFFERED_RECORDS = 2_000_000  # past this, stop pulling: ZeroMQ's high-water marks push back upstream
+DRAIN_SECS = 4.0
+
+
+def error_type(exc: Exception) -> str:
+    if isinstance(exc, duckdb.ConstraintException):
+        return "duplicate" if "duplicate" in str(exc).lower() else "constraint"
+    if isinstance(exc, (duckdb.IOException, OSError)):
+        return "io"
+    return "other"
+
+
+class Buffer:
+    """Records and gap rows received since the last insert."""
+
+    def __init__(self) -> None:
+        self.batches: list[pa.RecordBatch] = []
+        self.events: list[dict] = []
+        self.records = 0
+
+    def add(self, frames: list) -> None:
+        kind = frames[0].bytes
+        if kind == RECORDS:
+            rows = decode_headers([kind, frames[1].bytes, frames[2].buffer])
+            if rows:
+                try:
+                    self.batches.append(batch_from_wire(rows, frames[2].buffer))
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
+                    raise WireError(f"records do not fit the table: {exc}") from None
+                self.records += len(rows)
+                for (exchange, symbol, data_type), count in _per_stream(rows).items():
+                    metrics.MESSAGES_RECEIVED.labels(stage="persist", exchange=exchange, symbol=symbol, data_type=data_type).inc(count)
+        elif kind == EVENTS:
+            self.events.extend(decode_events([kind, frames[1].bytes]))
+        else:
+            raise WireError(f"unknown message kind {kind[:8]!r}")
+
+
+def _per_stream(rows: list[list]) -> dict:
+    counts: dict = {}
+    for row in rows:
+        key = (row[0], row[1], row[2])
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+class Persister:
+    def __init__(self, store: Store, conf: cfg.Config):
+        self.store, self.conf = store, conf
+        self.buffer = Buffer()
+        self.outbox = Path(conf.data_dir) / "outbox"
+
+    def flush(self) -> None:
+        buffer = self.buffer
+        if buffer.batches:
+            table = pa.Table.from_batches(buffer.batches, schema=SNAPSHOT_SCHEMA)
+            started = time.perf_counter()
+            try:
+                inserted = self.store.insert(table)
+            except Exception as exc:  # noqa: BLE001 - categorised, counted, and the rows are kept
+                kind = error_type(exc)
+                metrics.DB_INSERT_ERRORS.labels(error_type=kind).inc()
+                logger.error("insert of {} rows failed ({}): {}; keeping them for the next try", table.num_rows, kind, exc)
+                return
+            metrics.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
+            metrics.DB_SNAPSHOTS_WRITTEN.inc(inserted)
+            if table.num_rows > inserted:
+                metrics.DB_DUPLICATES_SKIPPED.inc(table.num_rows - inserted)
+                logger.debug("skipped {} records already stored", table.num_rows - inserted)
+            buffer.batches, buffer.records = [], 0
+        if buffer.events:
+            try:
+                self.store.insert_gaps(buffer.events)
+            except Exception as exc:  # noqa: BLE001
+                metrics.DB_INSERT_ERRORS.labels(error_type=error_type(exc)).inc()
+                logger.error("insert of {} gap rows failed: {}; keeping them", len(buffer.events), exc)
+                return
+            buffer.events = []
+        metrics.CHANNEL_QUEUE_DEPTH.labels(stage="persist").set(buffer.records)
+
+    def seal(self) -> None:
+        self.flush()
+        started = time.perf_counter()
+        try:
+            files = self.store.seal(self.outbox, self.conf.home_server_name, self.conf.archive_interval_secs)
+        except Exception as exc:  # noqa: BLE001 - the rows stay in DuckDB (or sealing_*) for the next seal
+            metrics.DB_INSERT_ERRORS.labels(error_type=error_type(exc)).inc()
+            logger.error("seal failed, rows kept in DuckDB for the next one: {}", exc)
+            return
+        metrics.SEALS_COMPLETED.inc()
+        logger.info("sealed {} file(s) into {} in {:.2f}s", len(files), self.outbox, time.perf_counter() - started)
+
+
+@click.command()
+@cfg.options("ZMQ_PULL", "ZMQ_HWM", "DATA_DIR", "BATCH_INTERVAL", "ARCHIVE_INTERVAL_SECS", "HOME_SERVER_NAME",
+             "DEDUP_WINDOW_SECS", "SEAL_ON_EXIT", "DUCKDB_MEMORY_LIMIT", "METRICS_PORT", "METRICS_HOST",
+             "LOG_LEVEL", "LOG_DIR", "LOG_RETENTION_DAYS")
+def command(**raw: str | None) -> None:
+    """The DuckDB stage: batched deduplicated inserts, sealed into Parquet files for archive."""
+    conf = cfg.load(raw)
+    logs.setup("persist", conf.log_level, conf.log_dir, conf.log_retention_days)
+    try:
+        store = Store(Path(conf.data_dir) / "collector.duckdb", conf.duckdb_memory_limit, conf.dedup_window_secs)
+    except StoreLocked as exc:
+        click.echo(f"persist: {exc}", err=True)
+        sys.exit(1)
+    persister = Persister(store, conf)
+    recovered = store.recover(persister.outbox, conf.home_server_name)
+    if recovered:
+        logger.info("finished a seal interrupted by a crash: {} file(s)", len(recovered))
+    metrics.register(metrics.PERSIST)
+    state = health.Health("persist")
+    server = health.serve(state, conf.metrics_host, conf.metrics_port)
+    stop, seal_now = threading.Event(), threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: seal_now.set())
+
+    puller = Puller(conf.zmq_pull or cfg.DEFAULT_PERSIST_ENDPOINT, conf.zmq_hwm)
+    bad = metrics.BAD_MESSAGES.labels(stage="persist")
+    state.ready = True
+    state.details = lambda: {"buffered_records": persister.buffer.records}
+    logger.info("persist: pulling {}, DuckDB {}", puller.endpoint, Path(conf.data_dir) / "collector.duckdb")
+
+    def receive(frames: list) -> None:
+        try:
+            persister.buffer.add(frames)
+        except WireError as exc:
+            bad.inc()
+            logger.warning("persist: dropped a malformed message: {}", exc)
+
+    next_flush = time.monotonic() + conf.batch_interval
+    next_seal = time.monotonic() + conf.archive_interval_secs
+    while not stop.is_set():
+        if persister.buffer.records < MAX_BUFFERED_RECORDS:
+            timeout_ms = int(max(0.0, min(0.2, next_flush - time.monotonic())) * 1000)
+            frames = puller.recv(timeout_ms)
+            while frames is not None:
+                receive(frames)
+                if persister.buffer.records >= MAX_BUFFERED_RECORDS:
+                    break
+                frames = puller.recv_nowait()
+        else:
+            stop.wait(0.2)
+        now = time.monotonic()
+        metrics.CHANNEL_QUEUE_DEPTH.labels(stage="persist").set(persister.buffer.records)
+        if now >= next_flush or seal_now.is_set():
+            persister.flush()
+            next_flush = now + conf.batch_interval
+        if seal_now.is_set() or now >= next_seal:
+            seal_now.clear()
+            persister.seal()
+            next_seal = time.monotonic() + conf.archive_interval_secs
+        state.progressed()
+
+    logger.info("persist: stopping; draining and flushing")
+    deadline = time.monotonic() + DRAIN_SECS
+    while time.monotonic() < deadline and (frames := puller.recv(300)) is not None:
+        receive(frames)
+    persister.flush()
+    if conf.seal_on_exit:
+        persister.seal()
+    puller.close()
+    store.close()
+    server.shutdown()
+    logger.info("persist: stopped")
