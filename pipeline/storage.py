@@ -28,6 +28,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from pipeline.crashpoints import crash_point
 from pipeline.records import gap_event
 
 SNAPSHOT_SCHEMA = pa.schema([
@@ -49,6 +50,7 @@ GAPS_DDL = """CREATE TABLE IF NOT EXISTS gaps (
     expected VARCHAR, received VARCHAR, missing BIGINT, start_time BIGINT NOT NULL, end_time BIGINT)"""
 KEYS_DDL = """CREATE TABLE IF NOT EXISTS stored_keys (
     exchange VARCHAR, symbol VARCHAR, data_type VARCHAR, exchange_sequence_id VARCHAR, seen_at BIGINT)"""
+STATE_DDL = "CREATE TABLE IF NOT EXISTS persist_state (name VARCHAR PRIMARY KEY, value BIGINT)"
 KEY = "exchange, symbol, data_type, exchange_sequence_id"
 
 
@@ -92,37 +94,47 @@ class Store:
         self.con.execute(f"SET memory_limit = '{memory_limit}'")
         self.con.execute("SET preserve_insertion_order = false")
         self.dedup_window_us = int(dedup_window_secs * 1e6)
-        for ddl in (SNAPSHOTS_DDL, GAPS_DDL, KEYS_DDL):
+        for ddl in (SNAPSHOTS_DDL, GAPS_DDL, KEYS_DDL, STATE_DDL):
             self.con.execute(ddl)
 
     def close(self) -> None:
         self.con.execute("CHECKPOINT")
         self.con.close()
 
-    def insert(self, table: pa.Table) -> int:
-        """Stores the rows whose key was not stored before; returns how many were new."""
+    def committed_generation(self) -> int:
+        """The write-ahead-log generation whose messages the last insert committed (0: none)."""
+        row = self.con.execute("SELECT value FROM persist_state WHERE name = 'wal_generation'").fetchone()
+        return row[0] if row else 0
+
+    def insert(self, table: pa.Table | None, events: list[dict], wal_generation: int) -> int:
+        """Stores, in one transaction, the records whose key was not stored before, the gap rows, and
+        the write-ahead-log generation they came from; returns how many records were new."""
         con = self.con
-        con.register("incoming", table)
+        inserted = 0
+        if table is not None:
+            con.register("incoming", table)
         try:
             con.execute("BEGIN TRANSACTION")
-            con.execute(f"""CREATE OR REPLACE TEMP TABLE fresh AS
-                SELECT i.* FROM (SELECT * FROM incoming
-                                 QUALIFY row_number() OVER (PARTITION BY {KEY} ORDER BY timestamp_collector) = 1) i
-                ANTI JOIN stored_keys USING ({KEY})""")
-            con.execute("INSERT INTO snapshots SELECT * FROM fresh")
-            con.execute(f"INSERT INTO stored_keys SELECT {KEY}, timestamp_collector FROM fresh")
-            inserted = con.execute("SELECT count(*) FROM fresh").fetchone()[0]
+            if table is not None:
+                con.execute(f"""CREATE OR REPLACE TEMP TABLE fresh AS
+                    SELECT i.* FROM (SELECT * FROM incoming
+                                     QUALIFY row_number() OVER (PARTITION BY {KEY} ORDER BY timestamp_collector) = 1) i
+                    ANTI JOIN stored_keys USING ({KEY})""")
+                con.execute("INSERT INTO snapshots SELECT * FROM fresh")
+                con.execute(f"INSERT INTO stored_keys SELECT {KEY}, timestamp_collector FROM fresh")
+                inserted = con.execute("SELECT count(*) FROM fresh").fetchone()[0]
+            if events:
+                rows = [tuple(event.get(field) for field in GAP_FIELDS) for event in events]
+                con.executemany(f"INSERT INTO gaps VALUES ({', '.join('?' * len(GAP_FIELDS))})", rows)
+            con.execute("INSERT OR REPLACE INTO persist_state VALUES ('wal_generation', ?)", [wal_generation])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
         finally:
-            con.unregister("incoming")
+            if table is not None:
+                con.unregister("incoming")
         return inserted
-
-    def insert_gaps(self, events: list[dict]) -> None:
-        rows = [tuple(event.get(field) for field in GAP_FIELDS) for event in events]
-        self.con.executemany(f"INSERT INTO gaps VALUES ({', '.join('?' * len(GAP_FIELDS))})", rows)
 
     def pending_rows(self) -> int:
         return self.con.execute("SELECT count(*) FROM snapshots").fetchone()[0]
@@ -144,6 +156,7 @@ class Store:
         con.execute(SNAPSHOTS_DDL)
         con.execute(GAPS_DDL)
         con.execute("COMMIT")
+        crash_point("seal.after_rename")
         files += self._write_and_drop_sealing(outbox, server)
         cutoff = con.execute("SELECT max(seen_at) FROM stored_keys").fetchone()[0]
         if cutoff is not None:
@@ -168,6 +181,7 @@ class Store:
             query = (f"SELECT * FROM sealing_snapshots WHERE exchange = {_literal(exchange)} AND symbol = {_literal(symbol)}"
                      " ORDER BY data_type, timestamp_collector, exchange_sequence_id")
             files.append(_write_parquet(con, query, target))
+            crash_point("seal.after_file")
         gap_groups = con.execute(
             "SELECT exchange, symbol, min(start_time), max(coalesce(end_time, start_time)) FROM sealing_gaps GROUP BY ALL ORDER BY ALL"
         ).fetchall()
@@ -176,6 +190,7 @@ class Store:
             query = (f"SELECT * FROM sealing_gaps WHERE exchange = {_literal(exchange)} AND symbol = {_literal(symbol)}"
                      " ORDER BY start_time, kind, data_type")
             files.append(_write_parquet(con, query, target))
+        crash_point("seal.before_drop")
         con.execute("BEGIN TRANSACTION")
         con.execute("DROP TABLE sealing_snapshots")
         con.execute("DROP TABLE sealing_gaps")

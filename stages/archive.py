@@ -20,6 +20,7 @@ from loguru import logger
 
 from pipeline import config as cfg
 from pipeline import health, logs, metrics
+from pipeline.crashpoints import crash_point
 from pipeline.targets import LocalTarget, S3Target, from_config
 
 SCAN_EVERY_SECS = 1.0
@@ -78,8 +79,10 @@ class Archiver:
             metrics.S3_UPLOAD_FAILURES.inc()
             metrics.ARCHIVE_FAILURES.labels(stage="upload").inc()
             logger.warning("archive: upload of {} failed after retries, kept: {}", key, _first_line(exc))
+            self.prepared = False  # the bucket may be gone (a new endpoint, a wiped store): check it again
             return False
         metrics.S3_UPLOAD_SECONDS.observe(time.perf_counter() - started)
+        crash_point("archive.after_upload")
         try:
             remote_size = self.target.size(key)
         except Exception as exc:  # noqa: BLE001
@@ -94,6 +97,7 @@ class Archiver:
             metrics.ARCHIVE_FAILURES.labels(stage="verify_size").inc()
             logger.warning("archive: {} has {} bytes there, {} here; kept", key, remote_size, local_size)
             return False
+        crash_point("archive.before_delete")
         path.unlink()
         metrics.ARCHIVES_COMPLETED.inc()
         metrics.SNAPSHOTS_ARCHIVED.inc(rows)
@@ -128,14 +132,14 @@ def _first_line(exc: BaseException | None) -> str:
 @click.option("--once", is_flag=True, help="archive what is in the outbox and exit (0 only if all verified)")
 def command(once: bool, **raw: str | None) -> None:
     """The archiving stage: upload sealed files, verify, then delete them locally."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     conf = cfg.load(raw)
     logs.setup("archive", conf.log_level, conf.log_dir, conf.log_retention_days)
     target = from_config(conf.bucket_name, conf.archive_url, conf.aws_region, conf.s3_endpoint_url)
-    stop = threading.Event()
     archiver = Archiver(target, Path(conf.data_dir) / "outbox", stop)
     metrics.register(metrics.ARCHIVE)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
     if once:
         ok = archiver.cycle()
         sys.exit(0 if ok else 1)

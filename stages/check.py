@@ -81,14 +81,14 @@ class Checker:
              "LOG_LEVEL", "LOG_DIR", "LOG_RETENTION_DAYS")
 def command(**raw: str | None) -> None:
     """The checking stage: sequence gaps, duplicates, reordering and latency."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     conf = cfg.load(raw)
     logs.setup("check", conf.log_level, conf.log_dir, conf.log_retention_days)
     metrics.register(metrics.CHECK)
     state = health.Health("check")
     server = health.serve(state, conf.metrics_host, conf.metrics_port)
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
 
     puller = Puller(conf.zmq_pull or cfg.DEFAULT_INGEST_ENDPOINT, conf.zmq_hwm)
     pusher = Pusher(conf.zmq_push or cfg.DEFAULT_PERSIST_ENDPOINT, conf.zmq_hwm, "check")

@@ -284,6 +284,9 @@ def _resolve(conf: cfg.Config) -> tuple[Exchange, list[str], list[str]]:
 )
 def command(**raw: str | None) -> None:
     """One ingest process: an exchange's WebSockets for some symbols -> check."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     conf = cfg.load(raw)
     exchange, symbols, feeds = _resolve(conf)
     push = conf.zmq_push or cfg.DEFAULT_INGEST_ENDPOINT
@@ -292,9 +295,6 @@ def command(**raw: str | None) -> None:
     state = health.Health(f"ingest-{exchange.name}")
     server = health.serve(state, conf.metrics_host, conf.metrics_port)
 
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
 
     per_connection = exchange.max_symbols_per_connection
     chunks = [symbols[i : i + per_connection] for i in range(0, len(symbols), per_connection)]

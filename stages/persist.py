@@ -19,10 +19,12 @@ import pyarrow as pa
 from loguru import logger
 
 from pipeline import config as cfg
+from pipeline.crashpoints import crash_point
 from pipeline import health, logs, metrics
 from pipeline.records import EVENTS, RECORDS, WireError, decode_events, decode_headers
 from pipeline.storage import SNAPSHOT_SCHEMA, Store, StoreLocked, batch_from_wire
 from pipeline.transport import Puller
+from pipeline.wal import WriteAheadLog
 
 MAX_BUFFERED_RECORDS = 2_000_000  # past this, stop pulling: ZeroMQ's high-water marks push back upstream
 DRAIN_SECS = 4.0
@@ -45,19 +47,20 @@ class Buffer:
         self.records = 0
 
     def add(self, frames: list) -> None:
-        kind = frames[0].bytes
+        """Adds one wire message (its frames as bytes-like objects); WireError if it is not one."""
+        kind = frames[0]
         if kind == RECORDS:
-            rows = decode_headers([kind, frames[1].bytes, frames[2].buffer])
+            rows = decode_headers(frames)
             if rows:
                 try:
-                    self.batches.append(batch_from_wire(rows, frames[2].buffer))
+                    self.batches.append(batch_from_wire(rows, frames[2]))
                 except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
                     raise WireError(f"records do not fit the table: {exc}") from None
                 self.records += len(rows)
                 for (exchange, symbol, data_type), count in _per_stream(rows).items():
                     metrics.MESSAGES_RECEIVED.labels(stage="persist", exchange=exchange, symbol=symbol, data_type=data_type).inc(count)
         elif kind == EVENTS:
-            self.events.extend(decode_events([kind, frames[1].bytes]))
+            self.events.extend(decode_events(frames))
         else:
             raise WireError(f"unknown message kind {kind[:8]!r}")
 
@@ -71,38 +74,52 @@ def _per_stream(rows: list[list]) -> dict:
 
 
 class Persister:
-    def __init__(self, store: Store, conf: cfg.Config):
-        self.store, self.conf = store, conf
+    """The buffer, its write-ahead log and the store: what persist holds is always in one of them."""
+
+    def __init__(self, store: Store, wal: WriteAheadLog, conf: cfg.Config):
+        self.store, self.wal, self.conf = store, wal, conf
         self.buffer = Buffer()
         self.outbox = Path(conf.data_dir) / "outbox"
 
+    def receive(self, frames: list) -> None:
+        self.buffer.add(frames)
+        self.wal.append(frames)
+
+    def replay_log(self) -> int:
+        """Re-reads what a killed persist had received but not committed; returns the message count."""
+        count = 0
+        for frames in self.wal.replay(after=self.store.committed_generation()):
+            try:
+                self.buffer.add(frames)
+                count += 1
+            except WireError as exc:
+                logger.warning("write-ahead log: skipped a damaged message: {}", exc)
+        return count
+
     def flush(self) -> None:
         buffer = self.buffer
-        if buffer.batches:
-            table = pa.Table.from_batches(buffer.batches, schema=SNAPSHOT_SCHEMA)
-            started = time.perf_counter()
-            try:
-                inserted = self.store.insert(table)
-            except Exception as exc:  # noqa: BLE001 - categorised, counted, and the rows are kept
-                kind = error_type(exc)
-                metrics.DB_INSERT_ERRORS.labels(error_type=kind).inc()
-                logger.error("insert of {} rows failed ({}): {}; keeping them for the next try", table.num_rows, kind, exc)
-                return
-            metrics.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
-            metrics.DB_SNAPSHOTS_WRITTEN.inc(inserted)
-            if table.num_rows > inserted:
-                metrics.DB_DUPLICATES_SKIPPED.inc(table.num_rows - inserted)
-                logger.debug("skipped {} records already stored", table.num_rows - inserted)
-            buffer.batches, buffer.records = [], 0
-        if buffer.events:
-            try:
-                self.store.insert_gaps(buffer.events)
-            except Exception as exc:  # noqa: BLE001
-                metrics.DB_INSERT_ERRORS.labels(error_type=error_type(exc)).inc()
-                logger.error("insert of {} gap rows failed: {}; keeping them", len(buffer.events), exc)
-                return
-            buffer.events = []
-        metrics.CHANNEL_QUEUE_DEPTH.labels(stage="persist").set(buffer.records)
+        if not buffer.batches and not buffer.events:
+            return
+        table = pa.Table.from_batches(buffer.batches, schema=SNAPSHOT_SCHEMA) if buffer.batches else None
+        generation = self.wal.rotate()
+        crash_point("persist.before_insert")
+        started = time.perf_counter()
+        try:
+            inserted = self.store.insert(table, buffer.events, generation)
+        except Exception as exc:  # noqa: BLE001 - categorised, counted, and the rows are kept
+            kind = error_type(exc)
+            metrics.DB_INSERT_ERRORS.labels(error_type=kind).inc()
+            logger.error("insert of {} records failed ({}): {}; keeping them for the next try", buffer.records, kind, exc)
+            return
+        crash_point("persist.after_insert")
+        self.wal.discard_through(generation)
+        metrics.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
+        metrics.DB_SNAPSHOTS_WRITTEN.inc(inserted)
+        if table is not None and table.num_rows > inserted:
+            metrics.DB_DUPLICATES_SKIPPED.inc(table.num_rows - inserted)
+            logger.debug("skipped {} records already stored", table.num_rows - inserted)
+        buffer.batches, buffer.events, buffer.records = [], [], 0
+        metrics.CHANNEL_QUEUE_DEPTH.labels(stage="persist").set(0)
 
     def seal(self) -> None:
         self.flush()
@@ -123,6 +140,10 @@ class Persister:
              "LOG_LEVEL", "LOG_DIR", "LOG_RETENTION_DAYS")
 def command(**raw: str | None) -> None:
     """The DuckDB stage: batched deduplicated inserts, sealed into Parquet files for archive."""
+    stop, seal_now = threading.Event(), threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: seal_now.set())
     conf = cfg.load(raw)
     logs.setup("persist", conf.log_level, conf.log_dir, conf.log_retention_days)
     try:
@@ -130,17 +151,17 @@ def command(**raw: str | None) -> None:
     except StoreLocked as exc:
         click.echo(f"persist: {exc}", err=True)
         sys.exit(1)
-    persister = Persister(store, conf)
+    persister = Persister(store, WriteAheadLog(Path(conf.data_dir) / "wal"), conf)
+    replayed = persister.replay_log()
+    if replayed:
+        persister.flush()
+        logger.info("write-ahead log: recovered {} message(s) received before a crash", replayed)
     recovered = store.recover(persister.outbox, conf.home_server_name)
     if recovered:
         logger.info("finished a seal interrupted by a crash: {} file(s)", len(recovered))
     metrics.register(metrics.PERSIST)
     state = health.Health("persist")
     server = health.serve(state, conf.metrics_host, conf.metrics_port)
-    stop, seal_now = threading.Event(), threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    signal.signal(signal.SIGUSR1, lambda *_: seal_now.set())
 
     puller = Puller(conf.zmq_pull or cfg.DEFAULT_PERSIST_ENDPOINT, conf.zmq_hwm)
     bad = metrics.BAD_MESSAGES.labels(stage="persist")
@@ -149,8 +170,9 @@ def command(**raw: str | None) -> None:
     logger.info("persist: pulling {}, DuckDB {}", puller.endpoint, Path(conf.data_dir) / "collector.duckdb")
 
     def receive(frames: list) -> None:
+        parts = [frames[0].bytes] + [frame.buffer for frame in frames[1:]]
         try:
-            persister.buffer.add(frames)
+            persister.receive(parts)
         except WireError as exc:
             bad.inc()
             logger.warning("persist: dropped a malformed message: {}", exc)
@@ -187,6 +209,7 @@ def command(**raw: str | None) -> None:
     if conf.seal_on_exit:
         persister.seal()
     puller.close()
+    persister.wal.close()
     store.close()
     server.shutdown()
     logger.info("persist: stopped")

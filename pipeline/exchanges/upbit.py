@@ -46,8 +46,13 @@ _SUBSCRIPTION_ERRORS = ("WRONG_FORMAT", "NO_TICKET", "NO_TYPE", "NO_CODES", "INV
 
 def normalize_symbol(text: str) -> str:
     first, second = split_pair(text, COMMON_QUOTES)
-    if first in QUOTES and (second not in QUOTES or QUOTES.index(first) < QUOTES.index(second)):
-        first, second = second, first  # written quote-first already (Upbit's own form)
+    if first in QUOTES:
+        if second in QUOTES:  # KRW-BTC / BTC-KRW / KRWBTC: the preferred quote is the quote
+            swap = QUOTES.index(first) < QUOTES.index(second)
+        else:  # KRW-XRP, BTC-XTZ: Upbit's own quote-first form (only ever written with a separator)
+            swap = any(separator in text for separator in "-/_:")
+        if swap:
+            first, second = second, first
     if second not in QUOTES:
         raise SymbolError(f"Upbit has no market {text!r}: its markets are quoted in {', '.join(QUOTES)}")
     return f"{second}-{first}"

@@ -251,7 +251,7 @@ class Market:
             side = book.side(bid)
             while len(side) > self.depth:
                 put(bid, min(side) if bid else max(side), 0)
-            while len(side) < self.min_levels:
+            while side and len(side) < self.min_levels:
                 gap = 1 + int(rng.expovariate(1.5))
                 far = min(side) - gap if bid else max(side) + gap
                 if far <= 0:
