@@ -1,11 +1,13 @@
 """A small, fast L2 order book, and the decoding of every exchange's stored book messages.
 
 ``Book`` keeps each side as a dict ``sort key -> (price_str, size_str)`` plus a sorted list of the
-keys, maintained with ``bisect``. The key is the price as a float (negated for bids), so both lists
-are best-first and the top N levels are a slice. Prices and sizes stay the exchange's own strings
-(what OKX's checksum is computed over, and what a researcher may want to re-read exactly); the
-float only orders them. A float orders decimal prices of up to 15 significant digits exactly,
-which covers every price an exchange sends; ``"5.1"`` and ``"5.10"`` are the same level.
+keys, maintained with ``bisect``, and a dict ``price_str -> sort key`` so that a level the exchange
+already named is updated or removed without converting its price. The key is the price as a float
+(negated for bids), so both lists are best-first and the top N levels are a slice. Prices and
+sizes stay the exchange's own strings (what OKX's checksum is computed over, and what a researcher
+may want to re-read exactly); the float only orders them. A float orders decimal prices of up to
+15 significant digits exactly, which covers every price an exchange sends; ``"5.1"`` and
+``"5.10"`` are the same level.
 
 A level's size is absolute: a delta sets it, and a size that is numerically zero (``"0"``,
 ``"0.0"``, ``"0.00000000"``) removes it. A snapshot replaces the whole book.
@@ -38,7 +40,6 @@ import orjson
 SNAPSHOT, DELTA = "snapshot", "delta"
 
 
-
 class BookDecodeError(ValueError):
     """A stored book row that is not a book message of its exchange."""
 
@@ -58,73 +59,59 @@ def _is_zero(size: str) -> bool:
 
 
 class _Side:
-    """One side of a book. ``levels`` maps the price string to ``[sort key, size string]``; ``keys``
-    holds the sort keys in ascending order (``-price`` for bids, so both sides are best-first) and
-    ``prices`` maps a sort key back to its price string. An update of an existing level (the
-    common case) is one dict lookup: no float conversion, no list change."""
+    """One side of a book. ``keys`` holds the sort keys ascending (``-price`` for bids, so both sides
+    are best-first); ``by_key`` maps a sort key to its ``(price, size)`` strings (top N is a slice
+    and N lookups); ``key_of`` maps the price string as sent to its sort key, so updating or removing
+    a level the exchange already named (the common case) needs no float conversion."""
 
-    __slots__ = ("levels", "keys", "prices", "sign")
+    __slots__ = ("key_of", "by_key", "keys", "sign")
 
     def __init__(self, sign: float) -> None:
         self.sign = sign
-        self.levels: dict[str, list] = {}
+        self.key_of: dict[str, float] = {}
+        self.by_key: dict[float, tuple[str, str]] = {}
         self.keys: list[float] = []
-        self.prices: dict[float, str] = {}
 
     def replace(self, levels: Iterable[Sequence[str]]) -> None:
         sign = self.sign
-        fresh: dict[str, list] = {}
-        prices: dict[float, str] = {}
+        by_key: dict[float, tuple[str, str]] = {}
         for level in levels:
             price, size = level[0], level[1]
-            if not size.strip("0."):
-                continue
-            key = sign * float(price)
-            old = prices.get(key)
-            if old is not None:  # the same price written twice ("5.1", "5.10"): the last one stands
-                del fresh[old]
-            prices[key] = price
-            fresh[price] = [key, size]
-        self.levels, self.prices = fresh, prices
-        self.keys = sorted(prices)
+            if size.strip("0."):
+                by_key[sign * float(price)] = (price, size)  # a price written twice: the last one stands
+        self.by_key = by_key
+        self.key_of = {level[0]: key for key, level in by_key.items()}
+        self.keys = sorted(by_key)
 
     def update(self, levels: Iterable[Sequence[str]]) -> None:
-        book, keys, prices, sign = self.levels, self.keys, self.prices, self.sign
+        key_of, by_key, keys, sign = self.key_of, self.by_key, self.keys, self.sign
         for level in levels:
             price, size = level[0], level[1]
-            entry = book.get(price)
+            key = key_of.get(price)
             if size.strip("0."):
-                if entry is not None:
-                    entry[1] = size
-                    continue
-                key = sign * float(price)
-                old = prices.get(key)
-                if old is not None:  # known under another spelling: keep one level, the new spelling
-                    del book[old]
-                else:
-                    insort(keys, key)
-                prices[key] = price
-                book[price] = [key, size]
-            elif entry is not None:
-                del book[price]
-                key = entry[0]
-                del keys[bisect_left(keys, key)]
-                del prices[key]
+                if key is None:
+                    key = sign * float(price)
+                    old = by_key.get(key)
+                    if old is None:
+                        insort(keys, key)
+                    else:  # known under another spelling ("5.1" / "5.10"): one level, the new spelling
+                        del key_of[old[0]]
+                    key_of[price] = key
+                by_key[key] = (price, size)
             else:
-                key = sign * float(price)
-                old = prices.get(key)
-                if old is not None:  # removal spelt differently from the level it removes
-                    del book[old]
-                    del keys[bisect_left(keys, key)]
-                    del prices[key]
+                if key is None:
+                    key = sign * float(price)
+                    old = by_key.get(key)
+                    if old is None:
+                        continue  # removing a level the book does not have
+                    price = old[0]
+                del key_of[price]
+                del by_key[key]
+                del keys[bisect_left(keys, key)]
 
     def top(self, n: int | None) -> list[tuple[str, str]]:
-        book, prices = self.levels, self.prices
-        out = []
-        for key in (self.keys if n is None else self.keys[:n]):
-            price = prices[key]
-            out.append((price, book[price][1]))
-        return out
+        by_key = self.by_key
+        return [by_key[key] for key in (self.keys if n is None else self.keys[:n])]
 
 
 class Book:

@@ -66,7 +66,7 @@ def _trades(symbol: str, data: object) -> Parsed:
             seq = as_int(trade_id)
             trade_id = str(seq)
         records.append(Record(symbol, "trade", trade_id, ms_to_us(trade["T"]), orjson.dumps(trade), seq))
-    return Parsed(records=records)
+    return Parsed(records)
 
 
 def _book(symbol: str, msg: dict, frame: bytes) -> Parsed:

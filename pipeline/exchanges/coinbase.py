@@ -75,13 +75,13 @@ def parse(frame: bytes) -> Parsed:
         if type(product) is not str or not product:
             return malformed("match without product_id")
         trade_id = as_int(msg["trade_id"])
-        return Parsed(records=(Record(product, "trade", str(trade_id), _time(msg), frame, trade_id, trade_id - 1),))
+        return Parsed((Record(product, "trade", str(trade_id), _time(msg), frame, trade_id, trade_id - 1),))
     if kind == "l2update":
         product = msg.get("product_id")
         if type(product) is not str or not product or not isinstance(msg.get("changes"), list):
             return malformed("l2update without product_id/changes")
         ts = _time(msg)
-        return Parsed(records=(Record(product, "orderbook", derived_id(ts, frame), ts, frame),))
+        return Parsed((Record(product, "orderbook", derived_id(ts, frame), ts, frame),))
     if kind == "snapshot":
         product = msg.get("product_id")
         if type(product) is not str or not product:
@@ -89,7 +89,7 @@ def parse(frame: bytes) -> Parsed:
         if not isinstance(msg.get("bids"), list) or not isinstance(msg.get("asks"), list):
             return malformed("snapshot without bids/asks")
         # A level2 snapshot has no time: timestamp_exchange is NULL and the id is derived from the bytes.
-        return Parsed(records=(Record(product, "orderbook", derived_id(None, frame), None, frame, snapshot=True),))
+        return Parsed((Record(product, "orderbook", derived_id(None, frame), None, frame, snapshot=True),))
     if kind == "heartbeat":
         return control("heartbeat", str(msg.get("product_id")))
     if kind == "subscriptions":

@@ -82,7 +82,7 @@ def _trades(symbol: str, data: list) -> Parsed:
         records.append(
             Record(symbol, "trade", str(trade_id), ms_to_us(trade["ts"]), orjson.dumps(trade), trade_id, trade_id - count)
         )
-    return Parsed(records=records)
+    return Parsed(records)
 
 
 def _book(symbol: str, msg: dict, data: list, frame: bytes) -> Parsed:
@@ -96,14 +96,14 @@ def _book(symbol: str, msg: dict, data: list, frame: bytes) -> Parsed:
     ts = ms_to_us(book["ts"])
     snapshot = action == "snapshot"
     if "seqId" not in book:  # pushes from before OKX added seqId/prevSeqId
-        return Parsed(records=(Record(symbol, "orderbook", derived_id(ts, frame), ts, frame, snapshot=snapshot),))
+        return Parsed((Record(symbol, "orderbook", derived_id(ts, frame), ts, frame, snapshot=snapshot),))
     seq = as_int(book["seqId"])
     prev = as_int(book["prevSeqId"]) if "prevSeqId" in book else None
     if prev == seq and not snapshot and not asks and not bids:
         # No change for about a minute: OKX repeats the last seqId with empty sides to show the
         # channel is alive. It is not an event (and would collide with the last one's id).
         return control("heartbeat", f"books {symbol} {seq}")
-    return Parsed(records=(Record(symbol, "orderbook", str(seq), ts, frame, seq, prev, snapshot or prev == -1),))
+    return Parsed((Record(symbol, "orderbook", str(seq), ts, frame, seq, prev, snapshot or prev == -1),))
 
 
 def parse(frame: bytes) -> Parsed:

@@ -84,13 +84,13 @@ def parse(frame: bytes) -> Parsed:
         if type(code) is not str or not code:
             return malformed("trade without code")
         sid = as_int(msg[k_sid])
-        return Parsed(records=(Record(code, "trade", str(sid), ms_to_us(msg[k_ttms]), frame, sid),))
+        return Parsed((Record(code, "trade", str(sid), ms_to_us(msg[k_ttms]), frame, sid),))
     if ty == "orderbook":
         code = msg.get(k_code)
         if type(code) is not str or not code or not isinstance(msg.get(k_units), list):
             return malformed("orderbook without code/units")
         ts = ms_to_us(msg[k_tms])
-        return Parsed(records=(Record(code, "orderbook", derived_id(ts, frame), ts, frame),))
+        return Parsed((Record(code, "orderbook", derived_id(ts, frame), ts, frame),))
     if msg.get("status") == "UP":
         return control("pong")
     error = msg.get("error")

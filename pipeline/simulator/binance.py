@@ -32,9 +32,9 @@ class Binance(Exchange):
         frames = (m.get("data", m) for m in fixture_frames("binance/trade.jsonl") if isinstance(m, dict))
         return collect((d["s"].lower(), {"price": d["p"], "size": d["q"], "trade": d["t"]}) for d in frames if "s" in d)
 
-    def default_samples(self) -> Samples:
-        return (Samples().add(price="61837.63", size="0.02", trade=3735683259)
-                .add(price="61837.62", size="0.00009").add(price="61837.64", size="0.048"))
+    def defaults(self) -> dict[str, Samples]:
+        return {"btcusdt": Samples().add(price="61837.63", size="0.02", trade=3735683259)
+                .add(price="61837.62", size="0.00009").add(price="61837.64", size="0.048")}
 
     def _parse(self, names: list) -> tuple[list, list, bool]:
         """(simulated streams, other accepted names, any invalid)."""

@@ -42,9 +42,13 @@ class Coinbase(Exchange):
                 rows.append((m["product_id"], {"price": m["price"], "size": m["size"], "trade": m["trade_id"], "sequence": m["sequence"]}))
         return collect(rows)
 
-    def default_samples(self) -> Samples:
-        return (Samples().add(price="14.7775", size="0.04", trade=881613, sequence=333938798)
-                .add(price="14.7693", size="27.51", book=True).add(price="14.8024", size="12.77", book=True))
+    def defaults(self) -> dict[str, Samples]:
+        return {
+            "BTC-USD": Samples().add(price="61837.63", size="0.00214316", trade=615012345, sequence=80231234567)
+            .add(price="61837.62", size="0.51", book=True).add(price="61837.65", size="0.1038", book=True),
+            "BAND-GBP": Samples().add(price="14.7775", size="0.04", trade=881613, sequence=333938798)
+            .add(price="14.7693", size="27.51", book=True).add(price="14.8024", size="12.77", book=True),
+        }
 
     def route(self, path: str) -> tuple[list, dict]:
         if path.split("?")[0] != "/":

@@ -127,8 +127,9 @@ class Exchange:
         """Per symbol, what the fixtures show; empty without fixtures."""
         return {}
 
-    def default_samples(self) -> Samples:
-        return Samples().add(price=100, size=1).add(price="100.01", size="0.5", book=True)
+    def defaults(self) -> dict[str, Samples]:
+        """Built-in samples for symbols the fixtures lack (and for when there are no fixtures)."""
+        return {"": Samples().add(price=100, size=1).add(price="100.01", size="0.5", book=True)}
 
     # connections
     def route(self, path: str) -> tuple[list[tuple[StreamKey, object]], dict]:
@@ -263,6 +264,14 @@ class Stream:
         return self.market.step(self.rng)
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug in one stream must be seen, not end the server
+            logger.exception("stream {}:{} failed", self.symbol, self.channel.name)
+
+    async def _run(self) -> None:
         sim, loop = self.sim, asyncio.get_running_loop()
         interval = 1.0 / sim.settings.rate
         due_at = loop.time()
@@ -396,9 +405,11 @@ class Simulator:
         if symbol not in self.markets:
             if self._samples is None:
                 self._samples = self.exchange.samples()
-            found = self._samples.get(symbol) or next(iter(self._samples.values()), None)
+            fixtures, defaults = self._samples, self.exchange.defaults()
+            found = (fixtures.get(symbol) or defaults.get(symbol) or next(iter(fixtures.values()), None)
+                     or next(iter(defaults.values())))
             rng = random.Random(f"{self.seed}:{self.exchange.name}:{symbol}:market")
-            self.markets[symbol] = Market(profile(found or self.exchange.default_samples()), rng,
+            self.markets[symbol] = Market(profile(found), rng,
                                           self.exchange.depth, self.exchange.min_levels)
         return self.markets[symbol]
 
@@ -563,6 +574,7 @@ class Simulator:
             compression=None,
             ping_interval=None,
             ping_timeout=None,
+            close_timeout=2,
             max_size=2**20,
             max_queue=64,
             logger=_websockets_logger(),

@@ -49,9 +49,9 @@ class Okx(Exchange):
         found = collect(rows)
         return {"BTC-USDT": found.pop("BTC-USDT"), **found} if "BTC-USDT" in found else found
 
-    def default_samples(self) -> Samples:
-        return (Samples().add(price="30236", size="0.0002", trade=338476307)
-                .add(price="30243.5", size="1.44679", book=True).add(price="30244", size="0.08", book=True))
+    def defaults(self) -> dict[str, Samples]:
+        return {"BTC-USDT": Samples().add(price="30236", size="0.0002", trade=338476307)
+                .add(price="30243.5", size="1.44679", book=True).add(price="30244", size="0.08", book=True)}
 
     def route(self, path: str) -> tuple[list, dict]:
         if path.split("?")[0].rstrip("/") != "/ws/v5/public":

@@ -49,9 +49,13 @@ class Upbit(Exchange):
                 rows.append((m["cd"], {"price": unit["ap"], "size": unit["as"], "book": True}))
         return collect(rows)
 
-    def default_samples(self) -> Samples:
-        return (Samples().add(price="127.0", size="46.48838371", trade=1618678262000003)
-                .add(price="126.0", size="688682.44561413", book=True).add(price="128.0", size="502824.98156754", book=True))
+    def defaults(self) -> dict[str, Samples]:
+        return {
+            "KRW-BTC": Samples().add(price="32292000", size="0.03096742", trade=1676965220395000)
+            .add(price="32291000", size="0.41", book=True).add(price="32293000", size="1.2004", book=True),
+            "KRW-LAMB": Samples().add(price="127.0", size="46.48838371", trade=1618678262000003)
+            .add(price="126.0", size="688682.44561413", book=True).add(price="128.0", size="502824.98156754", book=True),
+        }
 
     def route(self, path: str) -> tuple[list, dict]:
         if path.split("?")[0].rstrip("/") != "/websocket/v1":

@@ -1,0 +1,150 @@
+"""Small helpers shared by the benchmark modules: the machine, versions, /metrics scraping, stats."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+import socket
+import statistics
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterable
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("pyzmq", "websocket-client", "duckdb", "pyarrow", "orjson", "prometheus-client", "psutil", "moto")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict:
+    import psutil
+
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "-"
+    try:
+        import zmq
+
+        out["libzmq"] = zmq.zmq_version()
+    except ImportError:
+        pass
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- Prometheus text -----------------------------------------------------------------------------------
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict, float]]:
+    samples = []
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        match = _SAMPLE.match(line)
+        if not match:
+            continue
+        name, labels, value = match.groups()
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        samples.append((name, dict(_LABEL.findall(labels or "")), number))
+    return samples
+
+
+def metric(samples: Iterable[tuple[str, dict, float]], name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels`` (0 when there is none)."""
+    total = 0.0
+    for sample_name, sample_labels, value in samples:
+        if sample_name == name and all(sample_labels.get(k) == v for k, v in labels.items()):
+            total += value
+    return total
+
+
+def scrape(port: int, timeout: float = 2.0) -> list[tuple[str, dict, float]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as response:
+        return parse_metrics(response.read().decode())
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1.0) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return True
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(interval)
+    return False
+
+
+# -- numbers -------------------------------------------------------------------------------------------
+
+def median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return None
+    rank = max(0, min(len(sorted_values) - 1, int(round(q / 100.0 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[rank]
+
+
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (x, y) points."""
+    if len(points) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    if sxx == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
+def python() -> str:
+    return sys.executable
