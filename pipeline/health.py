@@ -7,6 +7,7 @@ it says. ``degraded`` names why: ``backpressure`` while drops happened in the la
 """
 from __future__ import annotations
 
+import collections
 import os
 import threading
 import time
@@ -31,10 +32,21 @@ class Health:
         self.last_drop: Callable[[], float | None] = lambda: None
         self.stale_streams: Callable[[], list[str]] = lambda: []
         self.details: Callable[[], dict] = lambda: {}
+        self.records_total = 0  # records the stage handled; /health reports their rate
         self._progress = time.monotonic()
+        self._samples: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
 
     def progressed(self) -> None:
         self._progress = time.monotonic()
+        self._samples.append((self._progress, self.records_total))
+
+    def records_per_second(self) -> float:
+        """Over the last ~10 s of loop turns."""
+        now = time.monotonic()
+        recent = [(t, n) for t, n in self._samples if now - t <= 10.0]
+        if len(recent) < 2 or recent[-1][0] <= recent[0][0]:
+            return 0.0
+        return (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0])
 
     def report(self) -> dict:
         now = time.monotonic()
@@ -63,6 +75,7 @@ class Health:
             "ready": self.ready,
             "connections": {"up": self.connections_up, "total": self.connections_total},
             "messages_dropped": self.dropped(),
+            "records_per_second": round(self.records_per_second(), 1),
             "stale_streams": self.stale_streams(),
         }
         report.update(self.details())

@@ -16,11 +16,12 @@ from loguru import logger
 from pipeline import config as cfg
 from pipeline import exchanges, health, logs, metrics
 from pipeline.exchanges.base import Semantics
-from pipeline.records import EVENTS, RECORDS, WireError, decode_events, decode_headers, encode_events
+from pipeline.records import EVENTS, RECORDS, WireError, decode_events, decode_headers, encode_events, gap_event
 from pipeline.sequence import DUPLICATE, OUT_OF_ORDER, SequenceTracker
 from pipeline.transport import Puller, Pusher
 
 CONFIRM_EVERY_SECS = 0.5
+ANOMALY_ROWS_EVERY_SECS = 10.0
 DRAIN_SECS = 3.0
 
 
@@ -38,7 +39,12 @@ class Checker:
 
     def __init__(self, tracker: SequenceTracker):
         self.tracker = tracker
+        self.records = 0
+        self.gaps = 0
         self._latency: dict[tuple[str, str], object] = {}
+        self._streams: set[tuple[str, str, str]] = set()
+        # duplicates and out-of-order records per stream since the last rows sent: [count, first, last]
+        self._anomalies: dict[tuple[str, str, str, str], list[int]] = {}
 
     def check(self, rows: list[list], now: float) -> None:
         observe = self.tracker.observe
@@ -50,6 +56,12 @@ class Checker:
             verdict = observe(exchange, symbol, data_type, seq, prev, snapshot, epoch, collected, seq_id, now)
             if verdict != "ok":
                 verdicts[(verdict, exchange, symbol, data_type)] += 1
+                seen = self._anomalies.get((verdict, exchange, symbol, data_type))
+                if seen is None:
+                    self._anomalies[(verdict, exchange, symbol, data_type)] = [1, collected, collected]
+                else:
+                    seen[0] += 1
+                    seen[2] = collected
             if exchange_time is not None:
                 delay_ms = (collected - exchange_time) / 1000.0
                 if delay_ms >= 0:
@@ -59,14 +71,28 @@ class Checker:
                     histogram.observe(delay_ms)
                 else:
                     metrics.NEGATIVE_LATENCY.labels(exchange=exchange).inc()
+        self.records += len(rows)
+        for stream in received.keys() - self._streams:
+            self._streams.add(stream)
+            labels = dict(zip(("exchange", "symbol", "data_type"), stream))
+            for counter in (metrics.SEQUENCE_GAPS, metrics.SEQUENCE_DUPLICATES, metrics.SEQUENCE_OUT_OF_ORDER):
+                counter.labels(**labels)  # exported at 0 from the start, so the first increase is visible
         for (exchange, symbol, data_type), count in received.items():
             metrics.MESSAGES_RECEIVED.labels(stage="check", exchange=exchange, symbol=symbol, data_type=data_type).inc(count)
         for (verdict, exchange, symbol, data_type), count in verdicts.items():
             counter = metrics.SEQUENCE_DUPLICATES if verdict == DUPLICATE else metrics.SEQUENCE_OUT_OF_ORDER
             counter.labels(exchange=exchange, symbol=symbol, data_type=data_type).inc(count)
 
-    @staticmethod
-    def count_gaps(gaps: list[dict]) -> None:
+    def anomaly_rows(self) -> list[dict]:
+        """Duplicates and out-of-order records since the last call, one gap-log row per stream and kind
+        (``missing`` = how many), so that the archive tells what check saw."""
+        rows = [gap_event(verdict, exchange, symbol, data_type, first, last, missing=count)
+                for (verdict, exchange, symbol, data_type), (count, first, last) in self._anomalies.items()]
+        self._anomalies = {}
+        return rows
+
+    def count_gaps(self, gaps: list[dict]) -> None:
+        self.gaps += len(gaps)
         for gap in gaps:
             labels = dict(exchange=gap["exchange"], symbol=gap["symbol"], data_type=gap["data_type"])
             metrics.SEQUENCE_GAPS.labels(**labels).inc()
@@ -96,6 +122,7 @@ def command(**raw: str | None) -> None:
     bad = metrics.BAD_MESSAGES.labels(stage="check")
     state.dropped = lambda: pusher.dropped_records
     state.last_drop = lambda: pusher.last_drop_monotonic
+    state.details = lambda: {"gaps": checker.gaps}
     state.ready = True
     logger.info("check: pulling {}, pushing {}", puller.endpoint, pusher.endpoint)
 
@@ -115,7 +142,13 @@ def command(**raw: str | None) -> None:
             bad.inc()
             logger.warning("check: dropped a malformed message: {}", exc)
 
-    last_confirm = time.monotonic()
+    def send_gap_log(gaps: list[dict]) -> None:
+        checker.count_gaps(gaps)
+        rows = gaps + checker.anomaly_rows()
+        if rows:
+            pusher.send(encode_events(rows), 0)
+
+    last_confirm = last_anomalies = time.monotonic()
     while not stop.is_set():
         frames = puller.recv(100)
         if frames is not None:
@@ -123,20 +156,18 @@ def command(**raw: str | None) -> None:
         now = time.monotonic()
         if now - last_confirm >= CONFIRM_EVERY_SECS:
             gaps = checker.tracker.confirm(now)
-            if gaps:
-                checker.count_gaps(gaps)
-                pusher.send(encode_events(gaps), 0)
+            if gaps or now - last_anomalies >= ANOMALY_ROWS_EVERY_SECS:
+                send_gap_log(gaps)
+                last_anomalies = now
             last_confirm = now
+            state.records_total = checker.records
             state.progressed()
 
     logger.info("check: stopping; draining what ingest already sent")
     deadline = time.monotonic() + DRAIN_SECS
     while time.monotonic() < deadline and (frames := puller.recv(200)) is not None:
         handle(frames)
-    gaps = checker.tracker.confirm_all()
-    if gaps:
-        checker.count_gaps(gaps)
-        pusher.send(encode_events(gaps), 0)
+    send_gap_log(checker.tracker.confirm_all())
     pusher.close(linger_ms=4000)
     puller.close()
     server.shutdown()

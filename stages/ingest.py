@@ -52,6 +52,7 @@ class Connection:
         self.subscribed = False
         self.stale: list[str] = []
         self.last_seen: dict[tuple[str, str], float] = {}
+        self.records = 0
         self._epoch_count = 0
         self._ws: websocket.WebSocket | None = None
         self._connected_gauge = metrics.WEBSOCKET_CONNECTED.labels(exchange=exchange.name, connection=str(index))
@@ -226,6 +227,7 @@ class Connection:
 
     def _flush(self, headers: list[tuple], datas: list[bytes]) -> None:
         self.pusher.send(encode_records(headers, datas), len(headers))
+        self.records += len(headers)
         counts = collections.Counter((h[1], h[2]) for h in headers)
         wall = int(time.time())
         for (symbol, data_type), count in counts.items():
@@ -306,6 +308,9 @@ def command(**raw: str | None) -> None:
     state.dropped = lambda: sum(c.pusher.dropped_records for c in connections)
     state.last_drop = lambda: max((c.pusher.last_drop_monotonic or 0.0 for c in connections), default=0.0) or None
     state.stale_streams = lambda: [s for c in connections for s in c.stale]
+    state.details = lambda: {"stream_age_seconds": {
+        f"{exchange.name}:{symbol}:{data_type}": round(time.monotonic() - seen, 1)
+        for c in connections for (symbol, data_type), seen in list(c.last_seen.items())}}
     threads = [threading.Thread(target=c.run, args=(stop,), name=f"ws-{c.index}", daemon=True) for c in connections]
     for thread in threads:
         thread.start()
@@ -315,6 +320,7 @@ def command(**raw: str | None) -> None:
     while not stop.wait(0.5):
         state.connections_up = sum(c.up for c in connections)
         state.ready = all(c.subscribed for c in connections)
+        state.records_total = sum(c.records for c in connections)
         state.progressed()
 
     logger.info("ingest {}: stopping", exchange.name)

@@ -79,6 +79,7 @@ class Persister:
     def __init__(self, store: Store, wal: WriteAheadLog, conf: cfg.Config):
         self.store, self.wal, self.conf = store, wal, conf
         self.buffer = Buffer()
+        self.written = 0
         self.outbox = Path(conf.data_dir) / "outbox"
 
     def receive(self, frames: list) -> None:
@@ -115,6 +116,7 @@ class Persister:
         self.wal.discard_through(generation)
         metrics.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.DB_SNAPSHOTS_WRITTEN.inc(inserted)
+        self.written += inserted
         if table is not None and table.num_rows > inserted:
             metrics.DB_DUPLICATES_SKIPPED.inc(table.num_rows - inserted)
             logger.debug("skipped {} records already stored", table.num_rows - inserted)
@@ -199,6 +201,7 @@ def command(**raw: str | None) -> None:
             seal_now.clear()
             persister.seal()
             next_seal = time.monotonic() + conf.archive_interval_secs
+        state.records_total = persister.written
         state.progressed()
 
     logger.info("persist: stopping; draining and flushing")

@@ -126,7 +126,7 @@ def parse(frame: bytes) -> Parsed:
         return control("unknown", f"channel {channel!r:.40}")
     event = msg.get("event")
     if event == "subscribe" or event == "unsubscribe":
-        return control("ack", f"{event} {arg}")
+        return control("ack", frame[:200].decode("utf-8", "replace"))
     if event == "error":
         code = str(msg.get("code"))
         text = f"{code}: {msg.get('msg')}"

@@ -29,7 +29,7 @@ class Bybit(Exchange):
     name = "bybit"
     channels = {c.name: c for c in (Channel(BOOK, "orderbook", delta=True), Channel(TRADE, "trade", max_trades=3))}
     depth = 50
-    min_levels = 30
+    min_levels = 50  # a liquid book: always 50 levels a side
     idle_timeout = 600.0
 
     def samples(self) -> dict[str, Samples]:

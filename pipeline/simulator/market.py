@@ -245,7 +245,7 @@ class Market:
                 price = other - 1 - offset if bid else other + 1 + offset
                 if price > 0:
                     put(bid, price, lots)
-            elif len(side) > self.min_levels:
+            elif len(side) > 1:  # the refill below brings the side back to min_levels
                 put(bid, self._near_top(bid, rng), 0)
         for bid in (True, False):
             side = book.side(bid)

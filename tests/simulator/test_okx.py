@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import time
+
+import websocket
 
 from pipeline.checksum import okx_checksum
 from tests.conftest import fixture_lines
@@ -37,7 +40,7 @@ def subscribe(ws, args, op="subscribe"):
 
 
 def test_books_chain_checksums_and_resubscription(simulate):
-    sim = simulate("okx", "--rate", "100", "--seed", "5")
+    sim = simulate("okx", "--rate", "100", "--seed", "5", "--reject-symbols", "NOPE-USDT")
     ws = sim.connect("/ws/v5/public")
     books_arg = {"channel": "books", "instId": "BTC-USDT"}
     subscribe(ws, [books_arg, {"channel": "trades", "instId": "BTC-USDT"}, {"channel": "books", "instId": "NOPE-USDT"}])
@@ -92,9 +95,17 @@ def test_book_dump_equals_the_book_rebuilt_from_the_frames(simulate):
 def test_idle_connections_are_closed_and_pings_keep_them_open(simulate):
     sim = simulate("okx", "--idle-timeout", "0.5")
     idle, busy = sim.connect("/ws/v5/public"), sim.connect("/ws/v5/public")
-    busy.settimeout(0.2)
-    opcode, data = idle.recv_data()
+    idle.settimeout(0.15)
+    opened = time.monotonic()
+    while True:  # the busy client pings every 0.15 s while the idle one waits
+        busy.send("ping")
+        assert busy.recv() == "pong"
+        try:
+            opcode, data = idle.recv_data()
+            break
+        except websocket.WebSocketTimeoutException:
+            assert time.monotonic() - opened < 5, "the idle connection was never closed"
     assert opcode == 8 and close_code(data) == 1001
-    for _ in range(5):  # 1 s of pings every 0.2 s
+    for _ in range(5):
         busy.send("ping")
         assert busy.recv() == "pong"
