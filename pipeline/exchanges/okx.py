@@ -77,8 +77,8 @@ def _trades(symbol: str, data: list) -> Parsed:
             return malformed("trade is not an object")
         trade_id = as_int(trade["tradeId"])
         count = as_int(trade["count"]) if "count" in trade else 1
-        if count < 1:
-            return malformed(f"trade count {count}")
+        if not 1 <= count <= trade_id + 1:  # aggregates tradeId-count+1 .. tradeId, ids start at 0
+            return malformed(f"trade {trade_id} aggregating {count} trades")
         records.append(
             Record(symbol, "trade", str(trade_id), ms_to_us(trade["ts"]), orjson.dumps(trade), trade_id, trade_id - count)
         )

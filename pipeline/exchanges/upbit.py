@@ -63,7 +63,7 @@ def connection_url(base: str, symbols: Sequence[str], feeds: Sequence[str]) -> s
 
 
 def subscribe_messages(symbols: Sequence[str], feeds: Sequence[str]) -> list[str]:
-    # One request carries every code of the connection (Upbit has no per-code subscribe/unsubscribe).
+    # One request carries every code of the connection (Upbit documents no unsubscribe).
     request: list[dict] = [{"ticket": f"crypto-collector-{uuid.uuid4()}"}, {"format": "SIMPLE"}]
     request += [{"type": TYPES[feed], "codes": list(symbols), "is_only_realtime": True} for feed in feeds]
     return [orjson.dumps(request).decode()]

@@ -136,6 +136,9 @@ def test_control_frames(frame, kind):
         b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"tradeId":"12x","ts":"1"}]}',
         b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"tradeId":"12","ts":1.5}]}',
         b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"tradeId":"12","ts":"1","count":"0"}]}',
+        b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"tradeId":"12","ts":"1","count":"14"}]}',
+        b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"tradeId":"-9223372036854775806","ts":"1",'
+        b'"count":"9223372036854775806"}]}',
         b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[{"ts":"1"}]}',
         b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":[]}',
         b'{"arg":{"channel":"trades","instId":"BTC-USDT"},"data":["x"]}',
