@@ -60,19 +60,11 @@ def ws_loop(url: str, stream: str, seconds: float, recv_data: bool) -> dict:
 # -- ZeroMQ chain -------------------------------------------------------------------------------------
 
 def _batched_message(size: int, records: int = 512) -> list[bytes]:
-    from benchmarks.loadgen import Stream
+    """A records message as ingest builds it: 512 real-format trades (~172 B) or books (~1.4 KB)."""
+    from benchmarks.loadgen import payloads
     from pipeline.records import encode_records
 
-    stream = Stream("btcusdt@trade" if size < 600 else "btcusdt@depth20@100ms")
-    chunk = stream.render(records, int(time.time() * 1000))
-    datas, pos = [], 0
-    while pos < len(chunk):  # strip the WebSocket headers back off
-        length = chunk[pos + 1] & 0x7F
-        head = 2
-        if length == 126:
-            length, head = int.from_bytes(chunk[pos + 2:pos + 4], "big"), 4
-        datas.append(chunk[pos + head:pos + head + length])
-        pos += head + length
+    datas = payloads("btcusdt@trade" if size < 600 else "btcusdt@depth20@100ms", records)
     now = time.time_ns() // 1000
     headers = [("binance", "btcusdt", "trade", str(i), now, now, i, i - 1, False, "1.0.1", len(d))
                for i, d in enumerate(datas, 1)]

@@ -163,6 +163,32 @@ class Stream:
         return chunk
 
 
+def split_frames(chunk: bytes) -> list[bytes]:
+    """The payloads of a run of unmasked server frames (what a client's recv returns)."""
+    out, pos = [], 0
+    while pos < len(chunk):
+        length, head = chunk[pos + 1] & 0x7F, 2
+        if length == 126:
+            length, head = int.from_bytes(chunk[pos + 2:pos + 4], "big"), 4
+        elif length == 127:
+            length, head = int.from_bytes(chunk[pos + 2:pos + 10], "big"), 10
+        out.append(chunk[pos + head:pos + head + length])
+        pos += head + length
+    return out
+
+
+def payloads(name: str, count: int, first_id: int | None = None, now_ms: int | None = None) -> list[bytes]:
+    """``count`` frames of a stream as the client receives them (ids contiguous from ``first_id``)."""
+    stream = Stream(name)
+    if first_id is not None:
+        stream.next_id = first_id
+    now_ms = now_ms if now_ms is not None else time.time_ns() // 1_000_000
+    out: list[bytes] = []
+    while len(out) < count:
+        out += split_frames(stream.render(min(stream.cycle_len, count - len(out)), now_ms))
+    return out
+
+
 class Generator:
     def __init__(self, rate: float):
         self.rate = rate

@@ -268,7 +268,7 @@ class _Replayer:
                     self.drop()
                     return
                 book.apply_delta(message.bids, message.asks)
-        except (BookDecodeError, ValueError, TypeError, IndexError, KeyError) as exc:
+        except (BookDecodeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
             stats.decode_errors += 1
             self._warn(stats.decode_errors, f"row {row_id} at {received} cannot be read ({exc}); unknown until the next snapshot")
             self.drop()

@@ -53,9 +53,11 @@ class BookMessage(NamedTuple):
     prev: int | None = None  # the update id this message follows (OKX prevSeqId, Bybit u - 1)
 
 
-def _is_zero(size: str) -> bool:
-    """``"0"``, ``"0.0"``, ``"0.00000000"``: a string of only zeros and a point (4x faster than float())."""
-    return not size.strip("0.")
+def is_zero(size: str) -> bool:
+    """Whether a size string is zero: ``"0"``, ``"0.0"``, ``"0.00000000"``, ``"0E-8"``. A string of
+    only zeros and a point is zero without a float conversion (4x faster than ``float()``)."""
+    rest = size.strip("0.")
+    return not rest or (rest[0] in "eE" and float(size) == 0.0)
 
 
 class _Side:
@@ -77,7 +79,8 @@ class _Side:
         by_key: dict[float, tuple[str, str]] = {}
         for level in levels:
             price, size = level[0], level[1]
-            if size.strip("0."):
+            rest = size.strip("0.")
+            if rest and (rest[0] not in "eE" or float(size)):
                 by_key[sign * float(price)] = (price, size)  # a price written twice: the last one stands
         self.by_key = by_key
         self.key_of = {level[0]: key for key, level in by_key.items()}
@@ -88,7 +91,8 @@ class _Side:
         for level in levels:
             price, size = level[0], level[1]
             key = key_of.get(price)
-            if size.strip("0."):
+            rest = size.strip("0.")  # zero iff only zeros and a point (or an exponent of zero: "0E-8")
+            if rest and (rest[0] not in "eE" or float(size)):
                 if key is None:
                     key = sign * float(price)
                     old = by_key.get(key)

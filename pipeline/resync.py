@@ -62,7 +62,7 @@ class BookGuard:
                 # joined mid-chain (e.g. the first frames after subscribing): wait for a snapshot
                 chain.last = record.seq
                 continue
-            if record.seq <= chain.last and chain.broken_at is None:
+            if record.seq <= chain.last and chain.broken_at is None and record.prev != chain.last:
                 continue  # a repeat or a late frame: the checker counts it; the chain holds
             if chain.broken_at is None and record.prev != chain.last:
                 chain.broken_at, chain.reason = received_us, "gap"

@@ -92,6 +92,10 @@ class SequenceTracker:
             stream.epoch, stream.newest, stream.newest_time = epoch, seq, received_us
             return OK
         if seq <= stream.newest:
+            if kind is Semantics.LINKED and prev == stream.newest:
+                # the chain continues with a lower id: the exchange restarted its ids (OKX after maintenance)
+                stream.newest, stream.newest_time = seq, received_us
+                return OK
             self._fill(stream, seq, kind)
             return OUT_OF_ORDER
         if kind is not Semantics.MONOTONIC and prev is not None and prev != stream.newest:

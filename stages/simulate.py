@@ -15,7 +15,7 @@ from loguru import logger
 from pipeline import logs
 from pipeline.config import ConfigError, load, options
 from pipeline.simulator import MODULES, create
-from pipeline.simulator.core import Settings, Simulator
+from pipeline.simulator.server import Settings, Simulator
 
 EVERY = click.IntRange(min=0)
 SECONDS = click.FloatRange(min=0)

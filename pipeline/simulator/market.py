@@ -221,14 +221,20 @@ class Market:
         """One book update: a few size changes, new levels and removals near the touch.
 
         The touch moves when a level is inserted inside the spread or the best level goes, which
-        is the random walk; the book never crosses. Returns the net change per level.
+        is the random walk; the book never crosses. Returns the net change per level (never none).
         """
+        while True:
+            changes = self._step(rng)
+            if changes:
+                return changes
+
+    def _step(self, rng: random.Random) -> list[Change]:
         book = self.book
-        changed: dict[tuple[bool, int], int] = {}
+        before: dict[tuple[bool, int], int] = {}
 
         def put(bid: bool, price: int, lots: int) -> None:
+            before.setdefault((bid, price), book.side(bid).get(price, 0))
             book.put(bid, price, lots)
-            changed[(bid, price)] = lots
 
         for _ in range(rng.choice((1, 1, 1, 2, 2, 3, 4))):
             bid = rng.random() < 0.5
@@ -257,4 +263,5 @@ class Market:
                 if far <= 0:
                     break
                 put(bid, far, self.book_lots(rng))
-        return [(bid, price, lots) for (bid, price), lots in changed.items()]
+        after = ((key, book.side(key[0]).get(key[1], 0)) for key in before)
+        return [(bid, price, lots) for (bid, price), lots in after if lots != before[(bid, price)]]
