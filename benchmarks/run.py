@@ -40,6 +40,26 @@ def log(message: str) -> None:
 
 # -- measuring -------------------------------------------------------------------------------------------
 
+def await_quiet(s: dict) -> None:
+    """With --wait-quiet N: waits up to N s until the machine is nearly idle (other people's work)."""
+    limit = s.get("wait_quiet") or 0.0
+    if limit <= 0:
+        return
+    import psutil
+
+    deadline = time.monotonic() + limit
+    announced = False
+    while True:
+        busy = psutil.cpu_percent(interval=1.0) / 100.0 * (os.cpu_count() or 1)
+        if busy < 0.3 or time.monotonic() >= deadline:
+            if announced:
+                log(f"  machine busy {busy:.2f} cores; going on")
+            return
+        if not announced:
+            log(f"  waiting up to {limit:.0f}s for a quieter machine (busy {busy:.2f} cores)")
+            announced = True
+
+
 def measure_ceilings(s: dict) -> dict:
     import psutil
 
@@ -58,6 +78,7 @@ def measure_ceilings(s: dict) -> dict:
                             "--stream", e2e.STREAMS[feed], "--seconds", str(s["ceiling_seconds"])]
                     if method == "recv_data":
                         argv.append("--recv-data")
+                    await_quiet(s)
                     cpu0, t0 = sum(gen.cpu_times()[:2]), time.monotonic()
                     result = _json_subprocess(argv, s["ceiling_seconds"] + 60)
                     result["generator_cpu_share"] = (sum(gen.cpu_times()[:2]) - cpu0) / (time.monotonic() - t0)
@@ -71,6 +92,7 @@ def measure_ceilings(s: dict) -> dict:
         runs = []
         for i in range(s["runs"]):
             log(f"ceiling: bare ZeroMQ chain, {mode}, {size} B records, run {i + 1}/{s['runs']}")
+            await_quiet(s)
             runs.append(_json_subprocess([common.python(), "-m", "benchmarks.ceiling", "zmq", "--mode", mode, "--size", str(size),
                                           "--seconds", str(s["zmq_seconds"]), "--transport", s["transport"]],
                                          s["zmq_seconds"] + 90))
@@ -93,6 +115,7 @@ def _json_subprocess(argv: list[str], timeout: float) -> dict:
 def _e2e(s: dict, feed: str, rate: float, duration: float, fast_poll: bool = False, profile: str | None = None) -> dict:
     conf = e2e.Config(feed=feed, rate=rate, duration=duration, warmup=s["warmup"], batch_interval=s["batch_interval"],
                       transport=s["transport"], fast_poll=fast_poll, profile_dir=profile, keep=s["keep"])
+    await_quiet(s)
     result = e2e.run(conf)
     log(f"  -> committed {result.get('committed_rate', 0):,.0f}/s, ingest {result.get('ingest_rate', 0):,.0f}/s, "
         f"sustainable {result['sustainable']}, others used {result.get('foreign_cpu_cores', 0):.2f} cores"
@@ -187,6 +210,7 @@ def measure_micro(s: dict) -> list[dict]:
     try:
         for i in range(s["runs"]):
             log(f"micro: parse, check, persist ({s['persist_keys']:,} keys), seal, archive; run {i + 1}/{s['runs']}")
+            await_quiet(s)
             runs.append(micro.run_all(s["micro_seconds"], s["persist_keys"], s["persist_batch"], s["archive_extra_mb"], port))
     finally:
         if moto is not None:
@@ -271,6 +295,21 @@ def spread(values: list[float | None], digits: int = 0) -> str:
     if len(present) < 2:
         return ""
     return f"{fmt(min(present), digits)} … {fmt(max(present), digits)}"
+
+
+def expected_row_keys() -> list[str]:
+    """Every row the table has, whatever the results (the smoke test checks them all)."""
+    keys = []
+    for feed in FEEDS:
+        keys += [f"e2e.{feed}.{k}" for k in ("rate", "drops", "max", "cpu", "seal")]
+    keys += [f"ceiling.ws.{feed}" for feed in FEEDS] + [f"ceiling.ratio.{feed}" for feed in FEEDS]
+    keys += [f"ceiling.zmq.{mode}.{size}" for mode, size in ZMQ_CASES]
+    keys += [f"micro.parse.{name}.{kind}" for name in EXCHANGES for kind in ("trade", "book")]
+    keys += ["micro.check", "micro.persist.receive"] + [f"micro.persist.insert.{k}" for k in range(3)]
+    keys += ["micro.seal", "micro.archive"]
+    keys += [f"memory.{feed}.{proc}" for feed in FEEDS for proc in PROCESSES]
+    keys += [f"latency.{feed}" for feed in FEEDS]
+    return keys
 
 
 class Table:
@@ -487,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transport", choices=("tcp", "ipc"), default="tcp", help="ZeroMQ between stages (tcp: the default)")
     parser.add_argument("--only", default="ceiling,e2e,latency,micro",
                         help="comma-separated sections to run (ceiling,e2e,latency,micro); latency needs e2e")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="before each measurement wait up to this long for the machine to be nearly idle")
     parser.add_argument("--keep", action="store_true", help="keep each e2e run's folder (logs, outbox) in /tmp")
     args = parser.parse_args(argv)
 
@@ -496,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration:
         s["duration"] = args.duration
     s.update(batch_interval=args.batch_interval, transport=args.transport, keep=args.keep, profile_rate=100,
-             quick=args.quick)
+             quick=args.quick, wait_quiet=args.wait_quiet)
     sections = {x.strip() for x in args.only.split(",") if x.strip()}
     started = time.time()
     res: dict = {"machine": common.machine(), "versions": common.versions(), "settings": s}

@@ -53,8 +53,9 @@ from pipeline.orderbook import SNAPSHOT, Book, BookDecodeError, decode
 INVALIDATING_KINDS = ("resync", "disconnect", "gap")
 SEQ_ORDERED = ("okx", "bybit")  # delta feeds whose numeric update ids give the exchange's order
 SNAPSHOT_LOOKBACK_US = 3_600_000_000  # first window searched back for the starting snapshot (grows 4x)
-BATCH_ROWS = 2048
-MAX_SAMPLES = 20_000_000
+BATCH_ROWS = 2048  # archive rows per record batch read
+ROWS_PER_BATCH = 65_536  # sample rows per Arrow batch built
+MAX_SAMPLES = 10_000_000
 MAX_DEPTH = 1000
 WARNINGS_LOGGED = 10  # individual warnings per kind; the rest are only counted
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -232,7 +233,8 @@ class _Replayer:
         self.last_seq: int | None = None  # update id of the last message applied to the book
         self.last_id: str | None = None  # exchange_sequence_id of the last message applied to the book
         self.stats = Stats()
-        self.rows: list[list] = []
+        self.rows: list[list] = []  # samples not yet in a batch
+        self.batches: list[pa.RecordBatch] = []
         self._version = 0  # bumped on every change of the book
         self._cached: tuple[int, list] | None = None
 
@@ -296,8 +298,11 @@ class _Replayer:
                       + [float(p) for p, _ in asks] + pad[len(asks):] + [float(s) for _, s in asks] + pad[len(asks):])
             self._cached = (self._version, levels)
         self.rows.append([t, self.last_id, True, self._cached[1]])
+        if len(self.rows) >= ROWS_PER_BATCH:
+            self._flush()
 
-    def table(self) -> pa.Table:
+    def _flush(self) -> None:
+        """The buffered sample rows as one Arrow batch (Python objects live for one batch only)."""
         depth, n = self.depth, len(self.rows)
         null_levels = [None] * (4 * depth)
         times, ids, valid, levels = [], [], [], []
@@ -310,7 +315,13 @@ class _Replayer:
         arrays = [pa.array(times, pa.int64()), pa.array([self.exchange] * n, pa.string()), pa.array([self.symbol] * n, pa.string())]
         arrays += [pa.array(column, pa.float64()) for column in level_columns]
         arrays += [pa.array(ids, pa.string()), pa.array(valid, pa.bool_())]
-        return pa.Table.from_arrays(arrays, schema=schema(depth, self.stats.metadata()))
+        self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=schema(depth)))
+        self.rows = []
+
+    def table(self) -> pa.Table:
+        if self.rows or not self.batches:
+            self._flush()
+        return pa.Table.from_batches(self.batches).replace_schema_metadata(self.stats.metadata())
 
 
 def replay(con_or_archive: duckdb.DuckDBPyConnection | str | os.PathLike, exchange: str, symbol: str,

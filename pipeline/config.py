@@ -99,6 +99,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("ZMQ_HWM", "1000", _INT, "ZeroMQ high-water mark, in messages", flag="--hwm"),
         Setting("BOOK_RESYNC_MIN_INTERVAL_SECS", "5", _FLOAT, "at most one book resync per symbol in this time"),
         Setting("VERIFY_BOOK_CHECKSUM", "on", _flag, "verify exchange book checksums where a feed has them"),
+        Setting("STREAM_STALE_SECS", "0", _FLOAT, "a stream silent this long on a live connection is stale (0: each feed's own cadence)"),
         Setting("MAX_FRAME_BYTES", "16777216", _INT, "larger WebSocket frames are refused and counted"),
         Setting("SEQUENCE_MAX_STREAMS", "10000", _INT, "streams the sequence tracker remembers (LRU)"),
         Setting("DEDUP_WINDOW_SECS", "3600", _FLOAT, "how long persist remembers stored keys"),

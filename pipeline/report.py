@@ -16,7 +16,8 @@ Definitions (also printed at the foot of the report):
   record or gap-log row of the selected streams.
 - silence: time a stream received nothing for longer than its feed's normal cadence (the
   ``cadence_secs`` after which ingest calls the stream stale), including the stretch from the period's
-  start to the first record and from the last record to the period's end.
+  start to the first record and from the last record to the period's end, less the time a gap,
+  outage or resync row explains (what is left must still be longer than the cadence).
 - coverage: the share of the period covered by none of the stream's gap, outage (``disconnect``),
   book-unknown (``resync``) or silent intervals. A stream with nothing wrong has coverage 1.
 - verdict: the worst of: has outages > has gaps > book unknown intervals > silent intervals > complete.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import html
 import math
 import re
@@ -368,8 +370,9 @@ def _plot_step(start: int | None, end: int | None) -> int:
 
 
 def _silences(con: duckdb.DuckDBPyConnection, streams: dict[tuple, Stream], start: int, end: int) -> None:
-    """Receipt-time holes longer than the feed's cadence, found between consecutive 5-second buckets.
+    """Receipt-time holes longer than the feed's cadence that no gap, outage or resync explains.
 
+    Holes are found between consecutive 5-second buckets.
     Exact: a hole longer than the bucket width cannot lie inside one bucket, so it lies between the
     last record of one non-empty bucket and the first record of the next.
     """
@@ -394,7 +397,10 @@ def _silences(con: duckdb.DuckDBPyConnection, streams: dict[tuple, Stream], star
             stream.intervals["silence"].append((start, stream.first_us))
         if end - stream.last_us > limit:
             stream.intervals["silence"].append((stream.last_us, end))
-        stream.intervals["silence"] = _clip(sorted(stream.intervals["silence"]), start, end)
+        # what a gap, outage or resync already explains is not silence; what is left counts if still too long
+        explained = [i for kind in FAULT_KINDS for i in stream.intervals[kind]]
+        left = _subtract(_clip(sorted(stream.intervals["silence"]), start, end), explained)
+        stream.intervals["silence"] = [(a, b) for a, b in left if b - a > limit]
 
 
 def _rates(con: duckdb.DuckDBPyConnection, step: int, start: int | None, end: int | None) -> dict[tuple, list]:
@@ -470,19 +476,33 @@ def _days(con: duckdb.DuckDBPyConnection, files: Sequence[ArchiveFile], exchange
 
 
 # -- plots ----------------------------------------------------------------------------------------------
-def _layout(title: str, height: int, **axes) -> dict:
-    return dict(title=dict(text=title, x=0.01, font=dict(size=15)), height=height, template="plotly_white",
-                margin=dict(l=70, r=20, t=60, b=50), font=dict(size=12),
-                legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0), **axes)
+@functools.lru_cache(maxsize=1)
+def _template() -> dict:
+    import plotly.io
+
+    return plotly.io.templates["plotly_white"].to_plotly_json()
 
 
-def _timeline(report: Report, streams: list[Stream]):
-    import plotly.graph_objects as go
+BELOW = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)
+ABOVE = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0)
 
+
+def _figure(data: list[dict], title: str, height: int, legend: dict = BELOW, **axes) -> dict:
+    """A plotly figure as plain data (plotly's figure objects cost seconds per report to validate)."""
+    layout = dict(title=dict(text=title, x=0.01, font=dict(size=15)), height=height, template=_template(),
+                  margin=dict(l=70, r=30, t=56, b=40), font=dict(size=12),
+                  legend=legend, **axes)
+    return {"data": data, "layout": layout}
+
+
+def _axis(title: str | None, **more) -> dict:
+    return dict(title=dict(text=title), **more) if title else dict(more)
+
+
+def _timeline(report: Report, streams: list[Stream]) -> dict:
     period = report.end_us - report.start_us
     resolution, min_width = period // 1500, period // 500
     labels = [s.label for s in streams]
-    fig = go.Figure()
     segments: dict[str, tuple[list, list, list, list]] = {k: ([], [], [], []) for k in COLOURS}
     for stream in streams:
         recorded = []
@@ -498,16 +518,16 @@ def _timeline(report: Report, streams: list[Stream]):
                 bases.append(_plot_time(a))
                 widths.append((b - a) / 1000.0)  # date axes take bar lengths in ms
                 texts.append(f"{stream.exchange} {stream.label}<br>{LABELS[kind]}: {_plot_time(a)[:19]} → {_plot_time(b)[:19]} UTC")
+    data = []
     for kind in ("recorded", "silence", *FAULT_KINDS):  # faults drawn last, over what was recorded
         ys, bases, widths, texts = segments[kind]
-        fig.add_trace(go.Bar(name=LABELS[kind], y=ys or [labels[0]], base=bases or [_plot_time(report.start_us)],
-                             x=widths or [0], orientation="h", marker=dict(color=COLOURS[kind], line=dict(width=0)),
-                             hovertext=texts or [""], hoverinfo="text", showlegend=True))
-    fig.update_layout(**_layout("Coverage timeline (short intervals widened to stay visible; hover for exact times)",
-                                110 + 34 * len(streams), barmode="overlay", bargap=0.25),
-                      xaxis=dict(type="date", title="time (UTC)", range=[_plot_time(report.start_us), _plot_time(report.end_us)]),
-                      yaxis=dict(categoryorder="array", categoryarray=list(reversed(labels)), title=None, automargin=True))
-    return fig
+        data.append(dict(type="bar", name=LABELS[kind], orientation="h", y=ys or [labels[0]], base=bases or [_plot_time(report.start_us)],
+                         x=widths or [0], marker=dict(color=COLOURS[kind], line=dict(width=0)), hovertext=texts or [""],
+                         hoverinfo="text", showlegend=True))
+    return _figure(data, "Coverage timeline (short intervals widened to stay visible; hover for exact times)", 110 + 34 * len(streams),
+                   legend=ABOVE, barmode="overlay", bargap=0.25,
+                   xaxis=_axis("time (UTC)", type="date", range=[_plot_time(report.start_us), _plot_time(report.end_us)]),
+                   yaxis=dict(categoryorder="array", categoryarray=list(reversed(labels)), automargin=True))
 
 
 def _subtract(intervals: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -525,50 +545,47 @@ def _subtract(intervals: list[tuple[int, int]], holes: list[tuple[int, int]]) ->
     return out
 
 
-def _lines(title: str, ytitle: str, series: dict[str, list[tuple[int, float]]], height: int = 340, dashed: set[str] = frozenset()):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for name, points in series.items():
-        fig.add_trace(go.Scatter(x=[_plot_time(t) for t, _ in points], y=[v for _, v in points], name=name, mode="lines",
-                                 line=dict(width=1.5, dash="dot" if name in dashed else "solid")))
-    fig.update_layout(**_layout(title, height), xaxis=dict(type="date", title="time (UTC)"), yaxis=dict(title=ytitle, rangemode="tozero"))
-    return fig
+def _lines(title: str, ytitle: str, series: list[dict]) -> dict:
+    """Line traces; each series: name, points [(μs, value)], colour, and optionally dash and legend (False: hidden)."""
+    data = [dict(type="scatter", mode="lines", name=line["name"], legendgroup=line.get("group", line["name"]),
+                 showlegend=line.get("legend", True), x=[_plot_time(t) for t, _ in line["points"]], y=[v for _, v in line["points"]],
+                 line=dict(width=1.5, color=line["colour"], dash=line.get("dash", "solid"))) for line in series]
+    return _figure(data, title, 360, xaxis=_axis("time (UTC)", type="date"), yaxis=_axis(ytitle, rangemode="tozero"))
 
 
-def _per_day(exchange: str, days: list[tuple[str, int, int]]):
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    fig.add_trace(go.Bar(x=[d for d, _, _ in days], y=[r for _, r, _ in days], name="rows", marker_color="#1f77b4", yaxis="y"))
-    fig.add_trace(go.Scatter(x=[d for d, _, _ in days], y=[f for _, _, f in days], name="files", mode="lines+markers",
-                             marker=dict(size=8, color="#ff7f0e"), yaxis="y2"))
-    fig.update_layout(**_layout("Rows and files archived per day", 340),
-                      xaxis=dict(type="category", title="day (UTC)"),
-                      yaxis=dict(title="rows per day", rangemode="tozero"),
-                      yaxis2=dict(title="files per day", overlaying="y", side="right", rangemode="tozero", showgrid=False))
-    return fig
+def _per_day(days: list[tuple[str, int, int]]) -> dict:
+    x = [d for d, _, _ in days]
+    data = [dict(type="bar", name="rows", x=x, y=[r for _, r, _ in days], marker=dict(color="#1f77b4"), yaxis="y"),
+            dict(type="scatter", name="files", mode="lines+markers", x=x, y=[f for _, _, f in days],
+                 marker=dict(size=8, color="#ff7f0e"), yaxis="y2")]
+    return _figure(data, "Rows and files archived per day", 340, xaxis=_axis("day (UTC)", type="category"),
+                   yaxis=_axis("rows per day", rangemode="tozero"),
+                   yaxis2=_axis("files per day", overlaying="y", side="right", rangemode="tozero", showgrid=False, tickformat=",d"))
 
 
-def figures(report: Report) -> dict[str, list[tuple[str, object]]]:
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+
+
+def figures(report: Report) -> dict[str, list[tuple[str, dict]]]:
     """Per exchange: (div id, plotly figure) for the timeline, message rates, latency and archive per day."""
     out: dict[str, list] = {}
     step = _duration(report.step_secs)
     for exchange in report.exchanges:
         streams = [s for s in report.streams if s.exchange == exchange]
+        colour = {s.key: PALETTE[i % len(PALETTE)] for i, s in enumerate(streams)}  # one colour per stream in both plots
         slug = re.sub(r"[^a-z0-9]+", "-", exchange.lower())
-        rates = {s.label: report.rates[s.key] for s in streams if s.key in report.rates}
-        latency: dict[str, list] = {}
+        rates = [dict(name=s.label, points=report.rates[s.key], colour=colour[s.key]) for s in streams if s.key in report.rates]
+        latency = []
         for s in streams:
             if s.key in report.latency:
-                latency[f"{s.label} p50"] = [(t, p50) for t, p50, _ in report.latency[s.key]]
-                latency[f"{s.label} p99"] = [(t, p99) for t, _, p99 in report.latency[s.key]]
+                latency.append(dict(name=s.label, group=s.label, colour=colour[s.key], points=[(t, p50) for t, p50, _ in report.latency[s.key]]))
+                latency.append(dict(name=f"{s.label} p99", group=s.label, colour=colour[s.key], dash="dot", legend=False,
+                                    points=[(t, p99) for t, _, p99 in report.latency[s.key]]))
         out[exchange] = [
             (f"{slug}-coverage", _timeline(report, streams)),
             (f"{slug}-rate", _lines(f"Messages per second (mean over {step})", "messages per second", rates)),
-            (f"{slug}-latency", _lines(f"Exchange → collector latency, p50 (solid) and p99 (dotted), per {step}",
-                                       "latency (ms)", latency, dashed={n for n in latency if n.endswith("p99")})),
-            (f"{slug}-archive", _per_day(exchange, report.days.get(exchange, []))),
+            (f"{slug}-latency", _lines(f"Exchange → collector latency: p50 solid, p99 dotted (per {step})", "latency (ms)", latency)),
+            (f"{slug}-archive", _per_day(report.days.get(exchange, []))),
         ]
     return out
 
@@ -594,8 +611,9 @@ PAGE = """<!DOCTYPE html>
 body {{ font: 14px/1.4 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 24px 40px; color: #222; }}
 h1 {{ font-size: 22px; margin: 18px 0 2px; }} h2 {{ font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid #ddd; }}
 .meta, .notes {{ color: #555; }} .notes {{ font-size: 12px; max-width: 1100px; }}
-table {{ border-collapse: collapse; font-size: 13px; }} th, td {{ padding: 4px 8px; border-bottom: 1px solid #e4e4e4; white-space: nowrap; }}
-th {{ background: #f4f4f4; text-align: left; position: sticky; top: 0; }} td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
+.table {{ overflow-x: auto; }} table {{ border-collapse: collapse; font-size: 12.5px; }}
+th, td {{ padding: 3px 6px; border-bottom: 1px solid #e4e4e4; white-space: nowrap; }}
+th {{ background: #f4f4f4; text-align: left; vertical-align: bottom; white-space: normal; position: sticky; top: 0; }} td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
 .v-complete {{ background: #e3f4e1; }} .v-gaps, .v-book {{ background: #fff0d9; }} .v-outages {{ background: #fbe0e0; }} .v-silent {{ background: #eee; }}
 .plots {{ display: grid; grid-template-columns: repeat(auto-fit, minmax(620px, 1fr)); gap: 8px 16px; }} .plots .wide {{ grid-column: 1 / -1; }}
 </style></head><body>
@@ -614,7 +632,7 @@ NOTES = (
     "<b>Gap</b>: ids skipped (from the record before to the record after); <b>missing ids</b>: their number where the feed says it. "
     "<b>Outage</b>: the connection carrying the stream was down. <b>Book unknown</b>: a delta book's chain broke until a fresh snapshot. "
     "<b>Silent</b>: nothing received for longer than the feed's normal cadence (the ingest stale limit), including before the first "
-    "and after the last record. <b>Duplicates / out of order</b>: as seen by check (its counter rows in the gap log). "
+    "and after the last record, and no gap, outage or resync row explains it. <b>Duplicates / out of order</b>: as seen by check (its counter rows in the gap log). "
     "<b>Latency</b>: receipt time minus the exchange's event time, p50/p99 (to 0.1 ms in the table), rows without an exchange time left out."
 )
 
@@ -622,7 +640,7 @@ VERDICT_CLASS = {"complete": "v-complete", "has gaps": "v-gaps", "book unknown i
                  "silent intervals": "v-silent"}
 
 COLUMNS = ("exchange", "symbol", "data type", "first record", "last record", "records", "coverage", "gaps", "missing ids",
-           "outages", "book unknown", "silent", "duplicates", "out of order", "latency p50 / p99 (ms)", "verdict")
+           "outages", "book unknown", "silent", "duplicates", "out of order", "latency p50 / p99 ms", "verdict")
 
 
 def _percent(fraction: float) -> str:
@@ -651,18 +669,20 @@ def _table(report: Report) -> str:
                     + f'<td class="{VERDICT_CLASS[r["verdict"]]}">{e(r["verdict"])}</td></tr>')
     if not body:
         body.append(f'<tr><td colspan="{len(COLUMNS)}">no records and no gap-log rows in this selection</td></tr>')
-    return f'<table id="summary-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f'<div class="table"><table id="summary-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def render_html(report: Report) -> str:
     """The whole report as one HTML document: plotly.js inline once, no reference to any other file or host."""
+    import plotly.io
+
     e = html.escape
     config = {"displaylogo": False, "responsive": True}
     sections, first = [], True
     for exchange, figs in figures(report).items():
         divs = []
         for index, (div_id, fig) in enumerate(figs):
-            snippet = fig.to_html(full_html=False, include_plotlyjs=first, div_id=div_id, config=config)
+            snippet = plotly.io.to_html(fig, full_html=False, include_plotlyjs=first, div_id=div_id, config=config, validate=False)
             first = False
             divs.append(f'<div class="{"wide" if index == 0 else "plot"}">{snippet}</div>')
         sections.append(f'<section class="exchange" id="exchange-{e(exchange)}"><h2>{e(exchange)}</h2>'

@@ -81,6 +81,8 @@ def command(exchange: str, symbol: str, start: str | None, end: str | None, ever
     if not Path(output).resolve().parent.is_dir():
         raise click.BadParameter(f"folder {Path(output).resolve().parent} does not exist", param_hint="--output")
     conf = cfg.load(raw)
+    if not conf.bucket_name and not Path(conf.archive_url).is_dir():
+        raise cfg.ConfigError("ARCHIVE_URL", f"no archive folder at {conf.archive_url}")
 
     from loguru import logger
 
@@ -90,6 +92,7 @@ def command(exchange: str, symbol: str, start: str | None, end: str | None, ever
     logger.add(sys.stderr, level="WARNING", format="{level}: {message}")
     try:
         con = archive_views.connect(conf.bucket_name, conf.archive_url, conf.aws_region, conf.s3_endpoint_url)
+        con.execute("SET enable_progress_bar = false")  # stderr carries warnings and errors only
         table = replay(con, exchange.lower(), symbol, start_us, end_us, every_us=every_us, at_us=at_us, depth=depth,
                        verify_checksum=conf.verify_book_checksum)
     except ValueError as exc:  # arguments replay refuses (e.g. too many samples)

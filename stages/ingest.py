@@ -47,7 +47,8 @@ class Connection:
         self.exchange, self.url, self.symbols, self.feeds = exchange, url, list(symbols), list(feeds)
         self.conf, self.pusher, self.index = conf, pusher, index
         self.streams = [(s, exchange.feeds[f].data_type) for s in self.symbols for f in self.feeds]
-        self.cadence = {exchange.feeds[f].data_type: exchange.feeds[f].cadence_secs for f in self.feeds}
+        self.cadence = {exchange.feeds[f].data_type: conf.stream_stale_secs or exchange.feeds[f].cadence_secs
+                        for f in self.feeds}
         self.up = False
         self.subscribed = False
         self.stale: list[str] = []
@@ -281,7 +282,7 @@ def _resolve(conf: cfg.Config) -> tuple[Exchange, list[str], list[str]]:
 @click.command()
 @cfg.options(
     "EXCHANGE", "SYMBOLS", "FEEDS", "WS_URL", "ZMQ_PUSH", "ZMQ_HWM", "BATCH_INTERVAL", "WS_MESSAGE_TIMEOUT_SECS",
-    "WS_INITIAL_RETRY_DELAY_SECS", "WS_MAX_RETRY_DELAY_SECS", "MAX_FRAME_BYTES", "BOOK_RESYNC_MIN_INTERVAL_SECS",
+    "WS_INITIAL_RETRY_DELAY_SECS", "WS_MAX_RETRY_DELAY_SECS", "STREAM_STALE_SECS", "MAX_FRAME_BYTES", "BOOK_RESYNC_MIN_INTERVAL_SECS",
     "VERIFY_BOOK_CHECKSUM", "METRICS_PORT", "METRICS_HOST", "LOG_LEVEL", "LOG_DIR", "LOG_RETENTION_DAYS",
 )
 def command(**raw: str | None) -> None:

@@ -42,12 +42,10 @@ def _streams(symbols: Sequence[str], feeds: Sequence[str]) -> list[str]:
 
 
 def subscribe_messages(symbols: Sequence[str], feeds: Sequence[str]) -> list[str]:
-    streams = _streams(symbols, feeds)
-    # Binance counts every control message against 5 per second; 200 streams per message keeps
-    # even a full connection (1024 streams) to a handful of messages.
+    # One symbol per message: Binance fails a whole request that names one unknown stream.
     return [
-        orjson.dumps({"method": "SUBSCRIBE", "params": streams[i : i + 200], "id": i // 200 + 1}).decode()
-        for i in range(0, len(streams), 200)
+        orjson.dumps({"method": "SUBSCRIBE", "params": _streams([symbol], feeds), "id": i + 1}).decode()
+        for i, symbol in enumerate(symbols)
     ]
 
 
@@ -74,11 +72,14 @@ def parse(frame: bytes) -> Parsed:
         return control("unknown", stream)
     if "result" in msg and "id" in msg:
         return control("ack")
+    error = msg.get("error")
+    if isinstance(error, dict):
+        msg = error
     if "code" in msg and "msg" in msg:
         text = f"{msg['code']}: {msg['msg']}"
         if msg.get("code") in (-1003, 429):
             return control("rate_limit", text)
-        return control("error", text)
+        return control("subscribe_error" if error is not None else "error", text)
     return control("unknown", frame[:200].decode("utf-8", "replace"))
 
 
@@ -102,6 +103,6 @@ EXCHANGE = Exchange(
     subscribe_messages=subscribe_messages,
     parse=parse,
     max_symbols_per_connection=200,
-    subscribe_interval_secs=0.25,
+    subscribe_interval_secs=0.25,  # 5 control messages/s per connection
     resubscribe_book=resubscribe_book,
 )

@@ -97,12 +97,15 @@ class Exchange:
         raise Rejected(404, "Not Found")
 
     def handle(self, conn: "Conn", message: str | bytes) -> Outcome:
+        """The answer to one client message (``conn.subs`` and ``conn.state`` are the connection's)."""
         return Outcome()
 
     def envelope(self, conn: "Conn", stream: "Stream", data: bytes) -> bytes:
+        """A stream's frame as this connection gets it (Binance wraps it on combined streams)."""
         return data
 
     def periodic(self, conn: "Conn") -> list[bytes]:
+        """Frames sent to the connection every ``periodic_secs`` (Coinbase heartbeats)."""
         return []
 
     # streams
@@ -110,9 +113,13 @@ class Exchange:
         """Sets the stream's starting ids (``stream.state``) from ``stream.rng`` and the profile."""
 
     def render(self, stream: "Stream", update: list, corrupt: bool) -> Frame:
+        """The frame of one event: ``update`` is a list of ``Trade`` or of book changes (already
+        applied to ``stream.market.book``); ``corrupt`` asks for a wrong checksum."""
         raise NotImplementedError
 
     def on_subscribe(self, stream: "Stream", conn: "Conn", label: object) -> list[Frame]:
+        """What a new subscription starts with (a book snapshot, the last trade); ``label`` is
+        what ``handle`` put beside the stream key."""
         return []
 
     def level(self, stream: "Stream", price: int, lots: int) -> list:

@@ -251,8 +251,11 @@ class Market:
                 price = other - 1 - offset if bid else other + 1 + offset
                 if price > 0:
                     put(bid, price, lots)
-            elif len(side) > 1:  # the refill below brings the side back to min_levels
+            elif action < 0.93 and len(side) > 1:  # the refill below brings the side back to min_levels
                 put(bid, self._near_top(bid, rng), 0)
+            else:  # a sweep: an aggressive order takes the best levels, the touch jumps
+                for price, _ in book.top(bid, min(1 + offset // 2, len(side) - 1)):
+                    put(bid, price, 0)
         for bid in (True, False):
             side = book.side(bid)
             while len(side) > self.depth:

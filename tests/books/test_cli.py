@@ -102,3 +102,10 @@ def test_bad_arguments_one_line_exit_2(archive, tmp_path, args, words):
     assert len(output.splitlines()) == 1 and words in output, output
     assert "Traceback" not in output
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_a_missing_archive_folder_is_a_config_error(tmp_path):
+    result = run(tmp_path / "nowhere", "--exchange", "okx", "--symbol", "BTC-USDT", "--at", str(T0),
+                 "--output", str(tmp_path / "x.csv"))
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == 2 and len(output.splitlines()) == 1 and "ARCHIVE_URL" in output, output

@@ -334,3 +334,23 @@ def test_bad_arguments_are_refused(okx_all_instruments, kwargs, message):
 def test_unknown_exchange_is_refused(okx_all_instruments):
     with pytest.raises(ValueError, match="unknown exchange"):
         replay(okx_all_instruments, "kraken", "BTC-USD", at_us=T0)
+
+
+def test_an_unreadable_row_makes_the_book_unknown_until_the_next_snapshot(tmp_path):
+    frames = bybit_frames()[:80]
+    rows = rows_of("bybit", [(t(i), f) for i, f in enumerate(frames)])
+    rows[60]["data"] = rows[60]["data"][:50]  # cut short
+    archive = write_archive(tmp_path / "archive", rows)
+    times = samples(T0, t(len(frames)), STEP)
+    table = replay(archive, "bybit", "BTCUSDT", T0, times[-1], every_us=STEP, depth=3)
+    assert table.schema.metadata[b"decode_errors"] == b"1"
+    timeline = [(t(i), f) for i, f in enumerate(frames)]
+    assert_rows(table, expected_rows("bybit", "BTCUSDT", timeline, times, 3, unknown=[(t(60), t(len(frames)) + 1)]), "bybit", "BTCUSDT")
+
+
+def test_output_built_in_batches_is_the_same_table(okx_all_instruments, monkeypatch):
+    whole = replay(okx_all_instruments, "okx", "BTC-USDT", T0, t(40), every_us=HALF // 5)
+    monkeypatch.setattr("pipeline.books.ROWS_PER_BATCH", 7)
+    batched = replay(okx_all_instruments, "okx", "BTC-USDT", T0, t(40), every_us=HALF // 5)
+    assert batched.column("timestamp").num_chunks > 1
+    assert batched.equals(whole) and batched.schema.metadata == whole.schema.metadata

@@ -51,6 +51,14 @@ def merged_length(intervals) -> int:
     return total + (current[1] - current[0] if current else 0)
 
 
+def minus(interval: tuple[int, int], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``interval`` outside every hole."""
+    pieces = [interval]
+    for a, b in holes:
+        pieces = [p for lo, hi in pieces for p in ((lo, min(hi, a)), (max(lo, b), hi)) if p[1] > p[0]]
+    return pieces
+
+
 def cadence_us(exchange: str, data_type: str) -> int:
     feed = next(f for f in exchanges.get(exchange).feeds.values() if f.data_type == data_type)
     return int(feed.cadence_secs * 1e6)
@@ -80,8 +88,10 @@ def expected(rows: list[Row], events: list[dict], start: int | None = None, end:
         mine = [e for e in events if (e["exchange"], e["symbol"], e["data_type"]) == key and e["end_time"] >= start and e["start_time"] <= end]
         limit = cadence_us(key[0], key[2])
         edges = [start, *times, end] if times else [start, end]
-        silences = [(a, b) for a, b in zip(edges, edges[1:]) if b - a > limit] if times else [(start, end)]
+        holes = [(a, b) for a, b in zip(edges, edges[1:]) if b - a > limit] if times else [(start, end)]
         clipped = {k: [(max(e["start_time"], start), min(e["end_time"], end)) for e in mine if e["kind"] == k] for k in FAULT_KINDS}
+        explained = [i for k in FAULT_KINDS for i in clipped[k]]
+        silences = [piece for hole in holes for piece in minus(hole, explained) if piece[1] - piece[0] > limit]
         everything = silences + [i for k in FAULT_KINDS for i in clipped[k]]
         gaps = [e for e in mine if e["kind"] == "gap"]
         counts = {

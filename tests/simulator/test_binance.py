@@ -92,3 +92,17 @@ def test_depth20_frames_show_the_top_of_the_true_book(simulate):
     dump = dump_at(sim, "btcusdt", 15)
     assert dump["seq"] == str(last["lastUpdateId"])
     assert dump["bids"][:20] == last["bids"] and dump["asks"][:20] == last["asks"]
+
+
+def test_the_binance_adapter_reads_what_the_simulator_sends(simulate):
+    from pipeline.exchanges.binance import EXCHANGE as adapter
+
+    sim = simulate("binance", "--rate", "100", "--count", "5")
+    ws = sim.connect(adapter.connection_url(sim.url(""), ["btcusdt"], ["orderbook", "trades"]).removeprefix(sim.url("")))
+    for message in adapter.subscribe_messages(["btcusdt"], ["orderbook", "trades"]):
+        ws.send(message)
+    parsed = [adapter.parse(ws.recv_data()[1]) for _ in range(11)]
+    assert parsed[0].control == "ack"
+    records = [r for p in parsed[1:] for r in p.records]
+    assert sorted({(r.data_type, r.exchange_sequence_id) for r in records}) == sorted(
+        (m["data_type"], m["exchange_sequence_id"]) for m in sim.manifest())

@@ -48,11 +48,19 @@ def test_sigterm_closes_connections_flushes_files_and_exits_0(simulate):
     assert int(dump[0]["seq"]) == last_u
 
 
-def test_without_fixtures_every_exchange_streams_synthetic_frames(tmp_path):
-    """A machine with the repository only: built-in samples of the same shape stand in."""
-    from tests.conftest import free_port
+def test_without_fixtures_every_exchange_streams_synthetic_frames(tmp_path, monkeypatch):
+    """A machine with the repository only: built-in samples of the same shape stand in.
 
-    env = {**__import__("os").environ, "COLLECTOR_FIXTURES": str(tmp_path / "absent")}
+    The five simulators run in one event loop in this process (five process start-ups would
+    cost more than the rest of the test).
+    """
+    import asyncio
+    import threading
+
+    from pipeline.simulator import create
+    from pipeline.simulator.server import Settings, Simulator
+
+    monkeypatch.setenv("COLLECTOR_FIXTURES", str(tmp_path / "absent"))
     subscriptions = {
         "binance": ("/stream?streams=btcusdt@trade/btcusdt@depth20@100ms", None),
         "coinbase": ("/", {"type": "subscribe", "product_ids": ["BTC-USD"], "channels": ["level2_batch", "matches"]}),
@@ -60,22 +68,31 @@ def test_without_fixtures_every_exchange_streams_synthetic_frames(tmp_path):
         "okx": ("/ws/v5/public", {"op": "subscribe", "args": [{"channel": "books", "instId": "BTC-USDT"}, {"channel": "trades", "instId": "BTC-USDT"}]}),
         "bybit": ("/v5/public/spot", {"op": "subscribe", "args": ["orderbook.50.BTCUSDT", "publicTrade.BTCUSDT"]}),
     }
-    procs = {}
-    try:
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    ports: dict[str, int] = {}
+
+    async def serve_all() -> None:
+        runs = []
         for name in subscriptions:
-            port = free_port()
-            procs[name] = (port, subprocess.Popen(
-                [sys.executable, "-m", "stages.cli", "simulate", "--exchange", name, "--port", str(port), "--rate", "100",
-                 "--log-dir", str(tmp_path / "logs")], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+            ready = loop.create_future()
+            simulator = Simulator(Settings(exchange=name, port=0, rate=100), create(name))
+            runs.append(asyncio.ensure_future(simulator.run(stop, ready)))
+            ports[name] = await ready
+        await asyncio.gather(*runs)
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve_all(),))
+    thread.start()
+    try:
+        wait_for(lambda: len(ports) == len(subscriptions), what="five simulators")
         for name, (path, message) in subscriptions.items():
-            port, _ = procs[name]
-            ws = wait_for(lambda: websocket.create_connection(f"ws://127.0.0.1:{port}{path}", timeout=5), timeout=15, what=name)
+            ws = websocket.create_connection(f"ws://127.0.0.1:{ports[name]}{path}", timeout=5)
             if message is not None:
                 ws.send(json.dumps(message))
-            frames = [json.loads(ws.recv_data()[1]) for _ in range(12)]
-            assert len(frames) == 12, name
+            kinds = [json.loads(ws.recv_data()[1]) for _ in range(12)]
+            assert len(kinds) == 12, name
             ws.close()
     finally:
-        for _, proc in procs.values():
-            proc.send_signal(signal.SIGTERM)
-        assert all(proc.wait(5) == 0 for _, proc in procs.values())
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+    assert not thread.is_alive()

@@ -131,15 +131,25 @@ def get(port: int, path: str) -> tuple[int, str, bytes]:
         return error.code, error.headers["Content-Type"], error.read()
 
 
-@pytest.fixture
-def served():
-    h = Health("check")
-    server = health.serve(h, "127.0.0.1", 0)  # port 0: the kernel picks a free one
+_SERVED = Health("check")
+
+
+@pytest.fixture(scope="module")
+def server_port():
+    """One server for the module (shutting one down waits out its 0.5 s poll)."""
+    server = health.serve(_SERVED, "127.0.0.1", 0)  # port 0: the kernel picks a free one
     try:
-        yield h, server.server_address[1]
+        yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def served(server_port):
+    """The served Health, fresh for each test: the server reads this very object."""
+    _SERVED.__init__("check")
+    return _SERVED, server_port
 
 
 def test_metrics_are_prometheus_text_with_the_registered_metrics(served):

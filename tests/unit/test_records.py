@@ -181,7 +181,7 @@ json_frames = json_values.map(orjson.dumps) | st.binary(max_size=48)
 frame_lists = (st.lists(st.binary(max_size=48), max_size=5)
                | st.tuples(kinds, json_frames, st.binary(max_size=48)).map(list)
                | st.tuples(kinds, json_frames).map(list))
-FUZZ = settings(max_examples=250, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @FUZZ
@@ -195,7 +195,7 @@ def test_random_frames_raise_nothing_but_wire_error(frames):
 
 
 # nearly valid messages: rows of the right length with random field values and random sizes
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=120)
 @given(st.lists(st.tuples(st.lists(scalars, min_size=10, max_size=10), st.integers(-3, 5)), max_size=4), st.integers(0, 12))
 def test_header_rows_with_random_fields_raise_nothing_but_wire_error(rows, data_size):
     message = [RECORDS, orjson.dumps([fields + [size] for fields, size in rows]), b"x" * data_size]

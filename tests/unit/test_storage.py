@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -436,7 +437,7 @@ LEAVES_A_RESULT_OPEN = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Store methods end in fetchone(); DuckDB 2 then refuses the next "
+@pytest.mark.xfail(strict=True, raises=duckdb.ResourceInUseException, reason="BUG: Store methods end in fetchone(); DuckDB 2 then refuses the next "
                    "insert's register() with ResourceInUseException")
 @pytest.mark.parametrize("call", list(LEAVES_A_RESULT_OPEN.values()), ids=list(LEAVES_A_RESULT_OPEN))
 def test_an_insert_works_after_any_other_store_call(call, opened, tmp_path):
@@ -445,7 +446,7 @@ def test_an_insert_works_after_any_other_store_call(call, opened, tmp_path):
     assert put(store, snapshot("1")) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after a seal that found nothing, every insert of persist fails "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: after a seal that found nothing, every insert of persist fails "
                    "(ResourceInUseException) and the records pile up in its buffer for good")
 def test_persist_keeps_inserting_after_a_seal_that_found_nothing(tmp_path):
     from pipeline import config as cfg
