@@ -15,6 +15,10 @@ from typing import Sequence
 
 import orjson
 
+from pipeline import orderbook
+from pipeline.checksum import OKX_DEPTH, okx_checksum
+from pipeline.orderbook import Book
+
 from pipeline.exchanges.base import (
     COMMON_QUOTES,
     Exchange,
@@ -152,6 +156,22 @@ def resubscribe_book(symbol: str) -> list[str]:
     ]
 
 
+def verify_book(book: Book | None, record: Record) -> tuple[Book | None, bool]:
+    """The book after this ``books`` record, and whether the record's checksum matched it.
+
+    A record without a checksum (OKX deprecated the field; live frames may carry 0) always matches.
+    """
+    try:
+        message = orderbook.decode("okx", record.data)
+    except orderbook.BookDecodeError:
+        return None, False
+    book = orderbook.apply(book, message)
+    if book is None or message.checksum is None:
+        return book, True
+    bids, asks = book.top(OKX_DEPTH)
+    return book, okx_checksum(bids, asks) == message.checksum
+
+
 EXCHANGE = Exchange(
     name="okx",
     url="wss://ws.okx.com:8443",
@@ -171,4 +191,5 @@ EXCHANGE = Exchange(
     keepalive_secs=20.0,
     keepalive_message="ping",
     resubscribe_book=resubscribe_book,
+    verify_book=verify_book,
 )

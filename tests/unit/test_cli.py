@@ -22,12 +22,7 @@ from pipeline.config import SETTINGS
 REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_SECS = 20.0  # generous for a loaded 2-CPU machine; a correct run ends in about a second
 
-# A listening socket that no correct run may ever connect to (ingest validates first).
-_TRAP = socket.socket()
-_TRAP.bind(("127.0.0.1", 0))
-_TRAP.listen(8)
-_TRAP.setblocking(False)
-TRAP_URL = f"ws://127.0.0.1:{_TRAP.getsockname()[1]}"
+TRAP_URL = "{trap}"  # replaced by the address of a listening socket no correct run may connect to
 
 INGEST = ["ingest", "--exchange", "binance", "--symbols", "btcusdt", "--ws-url", "ws://127.0.0.1:1"]
 TRAPPED_INGEST = ["ingest", "--exchange", "binance", "--symbols", "btcusdt", "--ws-url", TRAP_URL]
@@ -62,12 +57,24 @@ def _environment(tmp: Path, extra: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
+def trap():
+    """A listening socket; ingest with a bad setting must exit before it connects to it."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        yield listener
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, trap):
     """Runs every case at once; {id: (exit status, output, seconds)}."""
+    trap_url = f"ws://127.0.0.1:{trap.getsockname()[1]}"
     started = {}
     for case, (args, extra, _) in CASES.items():
         tmp = tmp_path_factory.mktemp(case)
-        process = subprocess.Popen([sys.executable, "-m", "stages.cli", *args], cwd=REPO, env=_environment(tmp, extra),
+        argv = [trap_url if arg == TRAP_URL else arg for arg in args]
+        process = subprocess.Popen([sys.executable, "-m", "stages.cli", *argv], cwd=REPO, env=_environment(tmp, extra),
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         started[case] = (process, time.monotonic())
     done = {}
@@ -81,8 +88,7 @@ def results(tmp_path_factory):
             done[case] = (None, output.decode(errors="replace"), None)
             continue
         done[case] = (process.returncode, output.decode(errors="replace"), time.monotonic() - t0)
-    yield done
-    _TRAP.close()
+    return done
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -97,15 +103,15 @@ def test_a_config_error_is_one_line_naming_the_variable_and_exit_status_2(result
     assert "Traceback" not in output
 
 
-def test_ingest_validates_before_it_connects_anywhere(results):
+def test_ingest_validates_before_it_connects_anywhere(results, trap):
     for case in ("ingest-unparsable-symbol", "ingest-bad-number"):
         assert results[case][0] == 2, results[case]
     try:
-        connection, _ = _TRAP.accept()
+        connection, _ = trap.accept()
     except BlockingIOError:
         return
     connection.close()
-    pytest.fail(f"an ingest with a bad setting connected to {TRAP_URL}")
+    pytest.fail(f"an ingest with a bad setting connected to {trap.getsockname()}")
 
 
 # -- the same contract in-process, for the rest of the table (cheap: no interpreter start-up)

@@ -3,7 +3,6 @@ file: dedup (within a batch, across batches, across seals), seals into zstd Parq
 each step of a seal, the lock against a second process, and the time-bounded memory of stored keys."""
 from __future__ import annotations
 
-import os
 import selectors
 import subprocess
 import sys
