@@ -264,7 +264,7 @@ class Report:
             "period": {"from": iso(self.start_us), "to": iso(self.end_us), "from_us": self.start_us, "to_us": self.end_us,
                        "seconds": None if self.start_us is None else (self.end_us - self.start_us) / 1e6},
             "filters": {"exchange": list(self.selection.exchanges) or None, "symbol": list(self.selection.symbols) or None},
-            "verdict": next((v for v in VERDICTS if verdicts[v]), "complete"),
+            "verdict": next((v for v in VERDICTS if verdicts[v]), "no data"),  # nothing recorded is not complete
             "totals": {"streams": len(rows), **totals, "verdicts": verdicts},
             "streams": rows,
         }
@@ -308,7 +308,8 @@ def collect(con: duckdb.DuckDBPyConnection, selection: Selection, files: Sequenc
                min(timestamp_collector) AS lo, max(timestamp_collector) AS hi
         FROM snapshots WHERE {where_records} GROUP BY ALL""", record_params)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE report_events AS
-        SELECT DISTINCT kind, exchange, symbol, data_type, missing, start_time, coalesce(end_time, start_time) AS end_time
+        SELECT DISTINCT kind, exchange, symbol, data_type, expected, received, missing, start_time,
+               coalesce(end_time, start_time) AS end_time
         FROM gaps WHERE {where_events}""", event_params)
 
     # the period
@@ -316,7 +317,7 @@ def collect(con: duckdb.DuckDBPyConnection, selection: Selection, files: Sequenc
                                    greatest((SELECT max(hi) FROM report_buckets), (SELECT max(end_time) FROM report_events))""").fetchone()
     start = lo if start is None else start
     end = hi if end is None else end
-    if start is not None and end is not None and end < start:
+    if start is None or end is None or end < start:  # nothing in the selection
         start = end = None
     step = _plot_step(start, end)
 
@@ -483,11 +484,11 @@ def _template() -> dict:
     return plotly.io.templates["plotly_white"].to_plotly_json()
 
 
-BELOW = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)
+SIDE = dict(orientation="v", yanchor="top", y=1.0, xanchor="left", x=1.02)
 ABOVE = dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0)
 
 
-def _figure(data: list[dict], title: str, height: int, legend: dict = BELOW, **axes) -> dict:
+def _figure(data: list[dict], title: str, height: int, legend: dict = SIDE, **axes) -> dict:
     """A plotly figure as plain data (plotly's figure objects cost seconds per report to validate)."""
     layout = dict(title=dict(text=title, x=0.01, font=dict(size=15)), height=height, template=_template(),
                   margin=dict(l=70, r=30, t=56, b=40), font=dict(size=12),
@@ -558,7 +559,7 @@ def _per_day(days: list[tuple[str, int, int]]) -> dict:
     data = [dict(type="bar", name="rows", x=x, y=[r for _, r, _ in days], marker=dict(color="#1f77b4"), yaxis="y"),
             dict(type="scatter", name="files", mode="lines+markers", x=x, y=[f for _, _, f in days],
                  marker=dict(size=8, color="#ff7f0e"), yaxis="y2")]
-    return _figure(data, "Rows and files archived per day", 340, xaxis=_axis("day (UTC)", type="category"),
+    return _figure(data, "Rows and files archived per day", 340, legend=ABOVE, xaxis=_axis("day (UTC)", type="category"),
                    yaxis=_axis("rows per day", rangemode="tozero"),
                    yaxis2=_axis("files per day", overlaying="y", side="right", rangemode="tozero", showgrid=False, tickformat=",d"))
 

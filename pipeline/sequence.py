@@ -62,10 +62,23 @@ class _Stream:
             self.recent.discard(self.recent_order.popleft())
 
 
+class _Streams(LRUCache):
+    """An LRU of streams whose evictions first report the evicted stream's pending gaps."""
+
+    def __init__(self, maxsize: int, evicted: Callable[[tuple, _Stream], None]):
+        super().__init__(maxsize=maxsize)
+        self._evicted = evicted
+
+    def popitem(self):
+        key, stream = super().popitem()
+        self._evicted(key, stream)
+        return key, stream
+
+
 class SequenceTracker:
     def __init__(self, semantics: Callable[[str, str], Semantics], max_streams: int = 10_000, grace: float = 2.0):
         self._semantics = semantics
-        self._streams: LRUCache = LRUCache(maxsize=max_streams)
+        self._streams = _Streams(max_streams, self._confirm_all)
         self._kinds: dict[tuple[str, str], Semantics] = {}
         self.grace = grace
         self._confirmed: list[dict] = []
@@ -96,7 +109,7 @@ class SequenceTracker:
                 # the chain continues with a lower id: the exchange restarted its ids (OKX after maintenance)
                 stream.newest, stream.newest_time = seq, received_us
                 return OK
-            self._fill(stream, seq, kind)
+            self._fill(stream, seq, prev, kind)
             return OUT_OF_ORDER
         if kind is not Semantics.MONOTONIC and prev is not None and prev != stream.newest:
             if kind is Semantics.CONTIGUOUS and prev > stream.newest:
@@ -109,12 +122,15 @@ class SequenceTracker:
         stream.newest, stream.newest_time = seq, received_us
         return OK
 
-    def _fill(self, stream: _Stream, seq: int, kind: Semantics) -> None:
+    def _fill(self, stream: _Stream, seq: int, prev: int | None, kind: Semantics) -> None:
         """A late record fills (part of) a pending gap."""
         for i, gap in enumerate(stream.pending):
             if kind is Semantics.LINKED:
-                if seq == gap.last:  # the one missing link arrived
-                    del stream.pending[i]
+                if seq == gap.last:  # a missing link arrived: the gap closes if it links back to its start
+                    if prev is None or prev == gap.first:
+                        del stream.pending[i]
+                    else:
+                        gap.last = prev
                     return
                 continue
             if gap.first <= seq <= gap.last:

@@ -97,14 +97,18 @@ class Store:
         for ddl in (SNAPSHOTS_DDL, GAPS_DDL, KEYS_DDL, STATE_DDL):
             self.con.execute(ddl)
 
+    def _scalar(self, sql: str, params: list | None = None):
+        """One value, reading the whole result (DuckDB keeps a half-read result open and busy)."""
+        rows = self.con.execute(sql, params or []).fetchall()
+        return rows[0][0] if rows else None
+
     def close(self) -> None:
         self.con.execute("CHECKPOINT")
         self.con.close()
 
     def committed_generation(self) -> int:
         """The write-ahead-log generation whose messages the last insert committed (0: none)."""
-        row = self.con.execute("SELECT value FROM persist_state WHERE name = 'wal_generation'").fetchone()
-        return row[0] if row else 0
+        return self._scalar("SELECT value FROM persist_state WHERE name = 'wal_generation'") or 0
 
     def insert(self, table: pa.Table | None, events: list[dict], wal_generation: int) -> int:
         """Stores, in one transaction, the records whose key was not stored before, the gap rows, and
@@ -122,7 +126,7 @@ class Store:
                     ANTI JOIN stored_keys USING ({KEY})""")
                 con.execute("INSERT INTO snapshots SELECT * FROM fresh")
                 con.execute(f"INSERT INTO stored_keys SELECT {KEY}, timestamp_collector FROM fresh")
-                inserted = con.execute("SELECT count(*) FROM fresh").fetchone()[0]
+                inserted = self._scalar("SELECT count(*) FROM fresh")
             if events:
                 rows = [tuple(event.get(field) for field in GAP_FIELDS) for event in events]
                 con.executemany(f"INSERT INTO gaps VALUES ({', '.join('?' * len(GAP_FIELDS))})", rows)
@@ -137,7 +141,7 @@ class Store:
         return inserted
 
     def pending_rows(self) -> int:
-        return self.con.execute("SELECT count(*) FROM snapshots").fetchone()[0]
+        return self._scalar("SELECT count(*) FROM snapshots")
 
     # -- sealing
     def _has_sealing(self) -> bool:
@@ -148,7 +152,7 @@ class Store:
         """Moves every stored row into outbox Parquet files; returns the files written."""
         files = self.recover(outbox, server)
         con = self.con
-        if not con.execute("SELECT (SELECT count(*) FROM snapshots) + (SELECT count(*) FROM gaps)").fetchone()[0]:
+        if not self._scalar("SELECT (SELECT count(*) FROM snapshots) + (SELECT count(*) FROM gaps)"):
             return files
         con.execute("BEGIN TRANSACTION")
         con.execute("ALTER TABLE snapshots RENAME TO sealing_snapshots")
@@ -158,7 +162,7 @@ class Store:
         con.execute("COMMIT")
         crash_point("seal.after_rename")
         files += self._write_and_drop_sealing(outbox, server)
-        cutoff = con.execute("SELECT max(seen_at) FROM stored_keys").fetchone()[0]
+        cutoff = self._scalar("SELECT max(seen_at) FROM stored_keys")
         if cutoff is not None:
             horizon = cutoff - self.dedup_window_us - int(archive_interval_secs * 1e6)
             con.execute("DELETE FROM stored_keys WHERE seen_at < ?", [horizon])

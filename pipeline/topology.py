@@ -7,6 +7,7 @@ these endpoints, so the three can never disagree.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 from pipeline.config import DEFAULT_INGEST_ENDPOINT, DEFAULT_PERSIST_ENDPOINT
 
@@ -95,8 +96,10 @@ PRIORITY = {"simulate": 10, "persist": 100, "archive": 100, "check": 200, "inges
 def render_supervisord(command: str = "collector", simulate: bool = False, state_dir: str = "/tmp",
                        extra_args: tuple[str, ...] = (), exchanges: tuple[str, ...] = EXCHANGES) -> str:
     """A supervisord configuration running every stage (and, with ``simulate``, the exchange simulators)."""
+    # a Unix socket path must stay under ~100 bytes, so it lives in /tmp, named after the state folder
+    tag = "" if state_dir == "/tmp" else "-" + hashlib.sha1(state_dir.encode()).hexdigest()[:10]
     sections = [SUPERVISOR_HEADER.format(pidfile=f"{state_dir}/crypto-collector-supervisord.pid",
-                                         socket=f"{state_dir}/crypto-collector-supervisor.sock")]
+                                         socket=f"/tmp/crypto-collector{tag}-supervisor.sock")]
     programs = (simulators(exchanges) if simulate else []) + stages(exchanges)
     for stage in programs:
         args = list(stage.args)

@@ -41,6 +41,7 @@ class Checker:
         self.tracker = tracker
         self.records = 0
         self.gaps = 0
+        self.duplicates = 0
         self._latency: dict[tuple[str, str], object] = {}
         self._streams: set[tuple[str, str, str]] = set()
         # duplicates and out-of-order records per stream since the last rows sent: [count, first, last]
@@ -80,6 +81,8 @@ class Checker:
         for (exchange, symbol, data_type), count in received.items():
             metrics.MESSAGES_RECEIVED.labels(stage="check", exchange=exchange, symbol=symbol, data_type=data_type).inc(count)
         for (verdict, exchange, symbol, data_type), count in verdicts.items():
+            if verdict == DUPLICATE:
+                self.duplicates += count
             counter = metrics.SEQUENCE_DUPLICATES if verdict == DUPLICATE else metrics.SEQUENCE_OUT_OF_ORDER
             counter.labels(exchange=exchange, symbol=symbol, data_type=data_type).inc(count)
 
@@ -171,4 +174,5 @@ def command(**raw: str | None) -> None:
     pusher.close(linger_ms=4000)
     puller.close()
     server.shutdown()
-    logger.info("check: stopped")
+    logger.info("check: stopped; forwarded {} records ({} duplicates), {} gaps", checker.records, checker.duplicates,
+                checker.gaps)

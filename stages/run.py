@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import click
+import orjson
 
 from pipeline import config as cfg
 from pipeline import topology
@@ -38,6 +39,7 @@ def command(simulate: bool, names: str, **raw: str | None) -> None:
     rendered = topology.render_supervisord(command=collector, simulate=simulate, state_dir=str(state_dir), exchanges=chosen)
     config_path = state_dir / "supervisord.conf"
     config_path.write_text(rendered)
+    (state_dir / "stages.json").write_bytes(orjson.dumps(topology.health_endpoints(chosen), option=orjson.OPT_INDENT_2))
     os.environ["ARCHIVE_INTERVAL_SECS"] = str(int(conf.archive_interval_secs))
     os.environ.setdefault("DATA_DIR", conf.data_dir)
     click.echo(f"collector run: {len(chosen)} exchange(s){' (simulated)' if simulate else ''}; "

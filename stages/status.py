@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import sys
 import urllib.request
+from pathlib import Path
 
 import click
 import orjson
 
+from pipeline import config as cfg
 from pipeline import topology
 
 COLUMNS = ("stage", "pid", "status", "reason", "uptime", "rec/s", "drops", "gaps", "oldest stream")
@@ -44,17 +46,26 @@ def table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-@click.command()
-@click.option("--endpoints", envvar="COLLECTOR_ENDPOINTS", default="",
-              help="name=url,... of the stages' metrics servers [default: the pipeline topology's]")
-@click.option("--timeout", default=2.0, show_default=True, help="seconds to wait for each stage")
-def command(endpoints: str, timeout: float) -> None:
-    """Asks every stage's /health and prints one table; non-zero exit if any is unhealthy."""
+def targets(endpoints: str, data_dir: str) -> dict[str, str]:
+    """``--endpoints`` if given, else the stages ``collector run`` started, else the default topology."""
     if endpoints:
-        targets = dict(part.split("=", 1) for part in endpoints.split(",") if "=" in part)
-    else:
-        targets = topology.health_endpoints()
-    reports = {name: fetch(url.rstrip("/"), timeout) for name, url in targets.items()}
+        return dict(part.split("=", 1) for part in endpoints.split(",") if "=" in part)
+    written = Path(data_dir) / "run" / "stages.json"
+    if written.exists():
+        return orjson.loads(written.read_bytes())
+    return topology.health_endpoints()
+
+
+@click.command()
+@cfg.options("DATA_DIR")
+@click.option("--endpoints", envvar="COLLECTOR_ENDPOINTS", default="",
+              help="name=url,... of the stages' metrics servers [default: those `collector run` started]")
+@click.option("--timeout", default=2.0, show_default=True, help="seconds to wait for each stage")
+def command(endpoints: str, timeout: float, **raw: str | None) -> None:
+    """Asks every stage's /health and prints one table; non-zero exit if any is unhealthy."""
+    conf = cfg.load(raw)
+    targets_by_name = targets(endpoints, conf.data_dir)
+    reports = {name: fetch(url.rstrip("/"), timeout) for name, url in targets_by_name.items()}
     click.echo(table([row(name, report) for name, report in reports.items()]))
     bad = [name for name, report in reports.items() if report is None or report.get("status") == "unhealthy"]
     sys.exit(1 if bad else 0)

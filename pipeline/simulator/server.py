@@ -274,14 +274,11 @@ class Simulator:
         self.conns: set[Conn] = set()
         self.attempts = 0
         self.connections = 0
-        self.started = time.monotonic()
         self._samples: dict[str, Samples] | None = None
         idle = settings.idle_timeout if settings.idle_timeout is not None else exchange.idle_timeout
         self.idle_timeout = idle or None
-        if settings.silence_after is not None and settings.silence_for > 0:
-            self.silence = (self.started + settings.silence_after, self.started + settings.silence_after + settings.silence_for)
-        else:
-            self.silence = (0.0, 0.0)
+        self.silence = (0.0, 0.0)  # (start, end), set when the first client connects
+        self.first_connection: asyncio.Event | None = None
 
     # time
     def silent(self) -> bool:
@@ -329,6 +326,8 @@ class Simulator:
     # connections
     async def handler(self, ws: _Connection) -> None:
         self.connections += 1
+        if self.first_connection is not None:
+            self.first_connection.set()
         conn = Conn(self, ws, self.connections)
         subscriptions, conn.state = ws.route[0], dict(ws.route[1])
         self.conns.add(conn)
@@ -422,9 +421,15 @@ class Simulator:
 
     # background tasks
     async def silencer(self) -> None:
-        start, end = self.silence
-        if end <= 0:
+        """The silence window starts ``--silence-after`` seconds after the first client connected
+        (not after start-up, which would make it depend on how fast clients come up)."""
+        s = self.settings
+        if s.silence_after is None or s.silence_for <= 0 or self.first_connection is None:
             return
+        await self.first_connection.wait()
+        start = time.monotonic() + s.silence_after
+        self.silence = (start, start + s.silence_for)
+        end = self.silence[1]
         await asyncio.sleep(max(0.0, start - time.monotonic()))
         logger.info("silence for {} s", self.settings.silence_for)
         for conn in list(self.conns):
@@ -461,6 +466,7 @@ class Simulator:
 
     async def run(self, stop: asyncio.Event, ready: "asyncio.Future[int] | None" = None) -> None:
         s = self.settings
+        self.first_connection = asyncio.Event()
         server = await serve(
             self.handler, s.host, s.port,
             process_request=self.process_request,

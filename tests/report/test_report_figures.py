@@ -249,7 +249,7 @@ def test_empty_archive_and_bad_options(tmp_path):
     result = run("report", "--archive-url", str(tmp_path / "none"), "--output", str(tmp_path / "r.html"), "--json", str(out))
     assert result.returncode == 0, result.stderr
     summary = orjson.loads(out.read_bytes())
-    assert summary["streams"] == [] and summary["verdict"] == "complete" and summary["period"]["from"] is None
+    assert summary["streams"] == [] and summary["verdict"] == "no data" and summary["period"]["from"] is None
     assert "no records" in (tmp_path / "r.html").read_text()
     bad = run("report", "--archive-url", str(tmp_path), "--from", "yesterday-ish", "--output", str(tmp_path / "x.html"))
     assert bad.returncode == 2 and len((bad.stdout + bad.stderr).strip().splitlines()) == 1, bad.stderr

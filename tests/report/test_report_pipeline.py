@@ -66,15 +66,16 @@ def test_report_equals_the_injected_faults(run):
         assert stream["outages"] == con.execute("SELECT count(*) FROM gaps WHERE kind = 'disconnect' AND data_type = ?",
                                                 [data_type]).fetchone()[0]
 
-    # trade ids are contiguous: each skipped id is a gap of one, unless a reconnect fell between its
-    # neighbours (the first record of a new connection is never a gap)
+    # trade ids are contiguous: each skipped id is a gap of one, unless a neighbour was lost in an outage
+    # (events the simulator made while the client was away) or a reconnect fell between its neighbours
+    # (the first record of a new connection is never a gap)
     times = dict(con.execute("SELECT exchange_sequence_id::BIGINT, timestamp_collector FROM snapshots WHERE data_type = 'trade'").fetchall())
     outages = con.execute("SELECT start_time, end_time FROM gaps WHERE kind = 'disconnect' AND data_type = 'trade'").fetchall()
     skipped = [int(e["exchange_sequence_id"]) for e in manifest if e["data_type"] == "trade" and e["fault"] == "gap"]
     assert len(skipped) == EVENTS // 23
     expected = [i for i in skipped if i - 1 in times and i + 1 in times
                 and not any(times[i - 1] <= a and b <= times[i + 1] for a, b in outages)]
-    assert len(expected) >= len(skipped) - reconnects - 1  # the last event of a stream may be a skipped one
+    assert len(expected) >= len(skipped) // 2, "too few skipped ids away from the outages to prove anything"
     trade = streams["trade"]
     assert (trade["gaps"], trade["missing_ids"]) == (len(expected), len(expected))
     reported = {int(r[0]) for r in con.execute("SELECT expected FROM gaps WHERE kind = 'gap'").fetchall()}

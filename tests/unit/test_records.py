@@ -105,23 +105,18 @@ WRONG_TYPES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: decode_headers checks only the size field's type; "
-                   "other fields of the wrong type pass and crash check's Checker.check with TypeError")
 @pytest.mark.parametrize("row", list(WRONG_TYPES.values()), ids=list(WRONG_TYPES))
 def test_decode_headers_rejects_fields_of_the_wrong_type(row):
     with pytest.raises(WireError):
         decode_headers([RECORDS, orjson.dumps([row]), TRADE])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: negative sizes that sum to the data frame's length pass decode_headers")
 def test_decode_headers_rejects_negative_sizes_even_when_they_add_up():
     rows = [_with(10, -1), _with(10, len(TRADE) + 1)]
     with pytest.raises(WireError):
         decode_headers([RECORDS, orjson.dumps(rows), TRADE])
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: a wrongly typed header row passes decode_headers "
-                   "and raises TypeError in check's Checker.check, which check's handler does not catch")
 def test_a_wrongly_typed_header_row_is_refused_before_it_reaches_the_checker():
     from pipeline.sequence import SequenceTracker
     from stages.check import Checker, feed_semantics

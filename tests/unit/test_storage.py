@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.records import decode_headers, encode_records, gap_event
-from pipeline.storage import SNAPSHOT_SCHEMA, Store, StoreLocked, archive_key, batch_from_wire
+from pipeline.storage import GAPS_DDL, SNAPSHOT_SCHEMA, SNAPSHOTS_DDL, Store, StoreLocked, archive_key, batch_from_wire
 
 MIDNIGHT = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z in μs
 T0 = 1_723_200_000_123_456  # 2024-08-09T10:40:00.123456Z
@@ -310,8 +310,8 @@ def test_crash_after_step_1_the_rename_is_finished_by_recover(opened, tmp_path):
     con.execute("BEGIN TRANSACTION")
     con.execute("ALTER TABLE snapshots RENAME TO sealing_snapshots")
     con.execute("ALTER TABLE gaps RENAME TO sealing_gaps")
-    con.execute("CREATE TABLE snapshots AS SELECT * FROM sealing_snapshots LIMIT 0")
-    con.execute("CREATE TABLE gaps AS SELECT * FROM sealing_gaps LIMIT 0")
+    con.execute(SNAPSHOTS_DDL)
+    con.execute(GAPS_DDL)
     con.execute("COMMIT")
     con.close()
     assert not outbox.exists()
@@ -436,8 +436,6 @@ LEAVES_A_RESULT_OPEN = {
 }
 
 
-@pytest.mark.xfail(strict=True, raises=duckdb.ResourceInUseException, reason="BUG: Store methods end in fetchone(); DuckDB 2 then refuses the next "
-                   "insert's register() with ResourceInUseException")
 @pytest.mark.parametrize("call", list(LEAVES_A_RESULT_OPEN.values()), ids=list(LEAVES_A_RESULT_OPEN))
 def test_an_insert_works_after_any_other_store_call(call, opened, tmp_path):
     store = opened()
@@ -445,8 +443,6 @@ def test_an_insert_works_after_any_other_store_call(call, opened, tmp_path):
     assert put(store, snapshot("1")) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="BUG: after a seal that found nothing, every insert of persist fails "
-                   "(ResourceInUseException) and the records pile up in its buffer for good")
 def test_persist_keeps_inserting_after_a_seal_that_found_nothing(tmp_path):
     from pipeline import config as cfg
     from pipeline.records import encode_records
@@ -500,8 +496,9 @@ def test_a_database_file_held_by_another_process_is_store_locked(opened, tmp_pat
             Store(path)
         assert str(path) in str(info.value) and "\n" not in str(info.value)
     finally:
-        holder.stdin.close()
+        holder.stdin.close()  # the holder exits and releases the file
         holder.wait(timeout=20)
+        holder.stdout.close()
     # released: it opens again (the lock may outlive the process by a moment)
     deadline = time.monotonic() + 10
     while True:

@@ -1,6 +1,8 @@
 """pipeline/topology.py: the shipped supervisord.conf is the rendering, and what supervisord is told."""
 from __future__ import annotations
 
+import re
+
 import configparser
 import shlex
 from pathlib import Path
@@ -107,7 +109,10 @@ def test_render_options_command_state_dir_extra_args_and_exchanges():
         assert argv[0] == "/venv/bin/collector"
         assert option(argv, "--log-level") == "debug"
     assert "pidfile=/run/cc/crypto-collector-supervisord.pid" in text
-    assert "unix:///run/cc/crypto-collector-supervisor.sock" in text
+    # a Unix socket path must stay short: it lives in /tmp, named after the state folder
+    socket = re.search(r"serverurl=unix://(\S+)", text).group(1)
+    assert socket.startswith("/tmp/crypto-collector-") and len(socket) < 100
+    assert socket != re.search(r"serverurl=unix://(\S+)", render_supervisord(state_dir="/run/other")).group(1)
 
 
 def test_every_rendered_command_parses_with_the_clis_own_options():
