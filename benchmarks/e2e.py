@@ -425,20 +425,29 @@ def run(conf: Config) -> dict:
 
 
 def sustainable(result: dict) -> bool:
-    """Nothing dropped, nothing lost, and the backlog does not grow (what persist has not committed)."""
+    """Nothing dropped, nothing lost, and the backlog does not grow (what persist has not committed).
+    Sets ``result["unsustainable_reason"]`` when not."""
+    reason = _unsustainable_reason(result)
+    if reason:
+        result["unsustainable_reason"] = reason
+    return reason is None
+
+
+def _unsustainable_reason(result: dict) -> str | None:
     stop = result.get("stop") or {}
     final = stop.get("final") or {}
     ingest, check = final.get("ingest") or {}, final.get("check") or {}
     if "committed_rate" not in result or not ingest or not check:
-        return False
-    if ingest.get("dropped", 0) or check.get("dropped", 0):
-        return False
+        return "run failed"
+    dropped = ingest.get("dropped", 0) + check.get("dropped", 0)
+    if dropped:
+        return f"{dropped:,.0f} dropped"
     rate = result["committed_rate"] or 1.0
     backlog_end = result.get("backlog_end") or 0
     if backlog_end > rate * (result["batch_interval"] + 1.0) + 5000:
-        return False
+        return f"backlog {backlog_end:,.0f} records at the end of the window"
     # a trend needs a long enough window: committed moves in steps of one batch (BATCH_INTERVAL)
     slope = result.get("backlog_slope")
-    if slope is not None and result.get("window_seconds", 0) >= 20:
-        return slope <= 0.02 * rate
-    return True
+    if slope is not None and result.get("window_seconds", 0) >= 20 and slope > 0.02 * rate:
+        return f"backlog growing {slope:,.0f} records/s"
+    return None

@@ -172,7 +172,8 @@ def search_max_rate(s: dict, feed: str, unthrottled: list[dict]) -> dict:
         confirmations.append({"rate": lo, "runs": runs})
         if sum(r["sustainable"] for r in runs) * 2 > len(runs):
             return {"kind": "searched", "rate": lo, "committed_rate": median(r.get("committed_rate") for r in runs),
-                    "probes": probes, "confirmations": confirmations}
+                    "probes": probes, "confirmations": confirmations,
+                    "all_probes_held": bool(probes) and all(p["ok"] for p in probes)}
         lo *= 0.85
     return {"kind": "not found", "rate": None, "committed_rate": None, "probes": probes, "confirmations": confirmations}
 
@@ -366,7 +367,12 @@ def build_table(res: dict, s: dict) -> Table:
             value_text, note = fmt(best.get("rate")), "= unthrottled: no drop even at full speed (ingest-bound)"
         elif best.get("kind") == "searched":
             value_text = fmt(best.get("rate"))
-            note = f"bisected; held {s['duration']:g} s: {fmt(best.get('committed_rate'))}/s committed, 0 drops"
+            reasons = "; ".join(sorted({r.get("unsustainable_reason", "") for r in runs} - {""}))
+            note = (f"bisected (unthrottled runs: {reasons}); held {s['duration']:g} s: "
+                    f"{fmt(best.get('committed_rate'))}/s committed, 0 drops")
+            if best.get("all_probes_held"):
+                value_text = ">= " + value_text
+                note += "; every probe held, up to the unthrottled read rate"
         else:
             value_text, note = "none", "no rate held 0 drops"
         t.add(f"e2e.{feed}.max", f"e2e {feed}: max 0-drop generator rate, /s", value_text, "", "", None, note)

@@ -48,9 +48,12 @@ from loguru import logger
 
 from pipeline import archive_views
 from pipeline.checksum import OKX_DEPTH, okx_checksum
+from pipeline.exchanges.base import SNAPSHOT_ID_SUFFIX
 from pipeline.orderbook import SNAPSHOT, Book, BookDecodeError, decode
 
 INVALIDATING_KINDS = ("resync", "disconnect", "gap")
+# the update id of a stored book row (a snapshot's id is "<update id>:snapshot")
+NUMERIC_ID = f"TRY_CAST(split_part(exchange_sequence_id, '{SNAPSHOT_ID_SUFFIX}', 1) AS BIGINT)"
 SEQ_ORDERED = ("okx", "bybit")  # delta feeds whose numeric update ids give the exchange's order
 SNAPSHOT_LOOKBACK_US = 3_600_000_000  # first window searched back for the starting snapshot (grows 4x)
 BATCH_ROWS = 2048  # archive rows per record batch read
@@ -194,7 +197,7 @@ def _ordered_by_id(con: duckdb.DuckDBPyConnection, params: dict, low: int, high:
     if params["exchange"] not in SEQ_ORDERED:
         return False
     total, numeric = con.execute(
-        f"SELECT count(*), count(TRY_CAST(exchange_sequence_id AS BIGINT)) FROM snapshots WHERE {_STREAM} "
+        f"SELECT count(*), count({NUMERIC_ID}) FROM snapshots WHERE {_STREAM} "
         "AND timestamp_collector BETWEEN $low AND $high", {**params, "low": low, "high": high}).fetchone()
     return total > 0 and total == numeric
 
@@ -206,7 +209,7 @@ def _rows(con: duckdb.DuckDBPyConnection, params: dict, low: int, high: int, by_
         whole = archive_views.BOOK_FIELDS[params["exchange"]][4]
         sql = f"""
             WITH r AS (SELECT exchange_sequence_id AS id, timestamp_collector AS tc, data,
-                              CAST(exchange_sequence_id AS BIGINT) AS seq
+                              {NUMERIC_ID} AS seq
                        FROM snapshots WHERE {where}),
                  m AS (SELECT *, max(seq) OVER (ORDER BY tc, seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before
                        FROM r),
@@ -216,7 +219,7 @@ def _rows(con: duckdb.DuckDBPyConnection, params: dict, low: int, high: int, by_
             SELECT id, tc, data FROM e ORDER BY epoch, seq, tc"""
     else:
         sql = (f"SELECT exchange_sequence_id, timestamp_collector, data FROM snapshots WHERE {where} "
-               "ORDER BY timestamp_collector, TRY_CAST(exchange_sequence_id AS BIGINT) NULLS LAST, exchange_sequence_id")
+               f"ORDER BY timestamp_collector, {NUMERIC_ID} NULLS LAST, exchange_sequence_id")
     relation = con.sql(sql, params={**params, "low": low, "high": high})
     reader = relation.to_arrow_reader(BATCH_ROWS) if hasattr(relation, "to_arrow_reader") else relation.fetch_record_batch(BATCH_ROWS)
     for batch in reader:

@@ -94,7 +94,7 @@ class SequenceTracker:
         stream = self._streams.get(key)
         if stream is None:
             stream = self._streams[key] = _Stream()
-        if seq in stream.recent:
+        if seq in stream.recent and not snapshot:  # a snapshot may show the id of the last delta
             return DUPLICATE
         stream.remember(seq)
         if kind is Semantics.UNIQUE:

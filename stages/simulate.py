@@ -39,6 +39,7 @@ SECONDS = click.FloatRange(min=0)
 @click.option("--drop-book-delta-every", type=EVERY, default=0, help="every N-th book delta is not sent (delta feeds)")
 @click.option("--corrupt-checksum-every", type=EVERY, default=0, help="every N-th OKX books update carries a wrong checksum")
 @click.option("--reject-symbols", default="", help="symbols whose subscription gets the exchange's error, comma separated")
+@click.option("--fault-symbols", default="", help="inject faults only on these symbols' streams, comma separated")
 @click.option("--rate-limit-connections", type=EVERY, default=0, help="the first N connection attempts get HTTP 429, Retry-After: 1")
 @click.option("--ack-delay", type=SECONDS, default=0.0, help="seconds before subscription answers are sent")
 @click.option("--book-dump", type=click.Path(dir_okay=False), default=None, help="JSONL file of the true book per symbol")
@@ -53,7 +54,8 @@ def command(**raw: object) -> None:
     if exchange_name not in MODULES:
         raise ConfigError("EXCHANGE", f"unknown exchange {config.exchange!r}; one of {', '.join(MODULES)}")
     rejected = tuple(s.strip() for s in str(raw.pop("reject_symbols") or "").split(",") if s.strip())
-    settings = Settings(exchange=exchange_name, reject_symbols=rejected, **raw)  # type: ignore[arg-type]
+    fault_symbols = tuple(s.strip() for s in str(raw.pop("fault_symbols") or "").split(",") if s.strip())
+    settings = Settings(exchange=exchange_name, reject_symbols=rejected, fault_symbols=fault_symbols, **raw)  # type: ignore[arg-type]
     logs.setup(f"simulate-{exchange_name}", config.log_level, config.log_dir, config.log_retention_days)
     simulator = Simulator(settings, create(exchange_name, rejected))
     asyncio.run(_serve(simulator))

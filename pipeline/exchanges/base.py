@@ -133,6 +133,16 @@ def ms_to_us(value: object) -> int:
     raise ValueError(f"time out of the 64-bit range: {value!r:.40}")
 
 
+SNAPSHOT_ID_SUFFIX = ":snapshot"
+
+
+def book_update_id(update_id: int, snapshot: bool) -> str:
+    """The stored id of a delta feed's book message: a snapshot repeats the update id of the book it
+    shows, often the id of the last delta, so it gets a form of its own - else the store would drop
+    the snapshot as a repeat of that delta."""
+    return f"{update_id}{SNAPSHOT_ID_SUFFIX}" if snapshot else str(update_id)
+
+
 def derived_id(timestamp: int | None, frame: bytes) -> str:
     """An id for events the exchange gives none: its time and a checksum of its bytes.
 

@@ -16,6 +16,7 @@ from typing import Sequence
 import orjson
 
 from pipeline.exchanges.base import (
+    book_update_id,
     COMMON_QUOTES,
     Exchange,
     Feed,
@@ -77,10 +78,11 @@ def _book(symbol: str, msg: dict, frame: bytes) -> Parsed:
     if not isinstance(data.get("b"), list) or not isinstance(data.get("a"), list):
         return malformed("orderbook frame without b/a")
     update_id = as_int(data["u"])
+    snapshot = kind == "snapshot"
     return Parsed(
         records=(
-            Record(symbol, "orderbook", str(update_id), ms_to_us(msg["ts"]), frame, update_id, update_id - 1,
-                   kind == "snapshot"),
+            Record(symbol, "orderbook", book_update_id(update_id, snapshot), ms_to_us(msg["ts"]), frame, update_id,
+                   update_id - 1, snapshot),
         )
     )
 

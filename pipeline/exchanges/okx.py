@@ -28,6 +28,7 @@ from pipeline.exchanges.base import (
     SymbolError,
     as_int,
     control,
+    book_update_id,
     derived_id,
     malformed,
     ms_to_us,
@@ -107,7 +108,8 @@ def _book(symbol: str, msg: dict, data: list, frame: bytes) -> Parsed:
         # No change for about a minute: OKX repeats the last seqId with empty sides to show the
         # channel is alive. It is not an event (and would collide with the last one's id).
         return control("heartbeat", f"books {symbol} {seq}")
-    return Parsed((Record(symbol, "orderbook", str(seq), ts, frame, seq, prev, snapshot or prev == -1),))
+    snapshot = snapshot or prev == -1
+    return Parsed((Record(symbol, "orderbook", book_update_id(seq, snapshot), ts, frame, seq, prev, snapshot),))
 
 
 def parse(frame: bytes) -> Parsed:

@@ -19,6 +19,7 @@ import orjson
 
 from pipeline.simulator.core import Channel, Exchange, Frame, Outcome, Rejected, dumps, now_ms, sorted_changes
 from pipeline.simulator.market import Samples, collect, fixture_frames
+from pipeline.exchanges.base import book_update_id
 
 SYMBOL = re.compile(r"^[A-Z0-9]{4,20}$")
 BOOK, TRADE = "orderbook.50", "publicTrade"
@@ -143,7 +144,7 @@ class Bybit(Exchange):
             return []
         book = stream.market.book
         seq = stream.state.get("book_seq") or stream.market.vars["seq"]
-        return [Frame(self._book(stream, "snapshot", book.top(True), book.top(False), seq), (str(stream.state["u"]),))]
+        return [Frame(self._book(stream, "snapshot", book.top(True), book.top(False), seq), (book_update_id(stream.state["u"], True),))]
 
 
 EXCHANGE = Bybit

@@ -21,6 +21,7 @@ import orjson
 from pipeline.checksum import OKX_DEPTH, okx_checksum
 from pipeline.simulator.core import Channel, Exchange, Frame, Outcome, Rejected, dumps, now_ms, sorted_changes
 from pipeline.simulator.market import Samples, collect, fixture_frames
+from pipeline.exchanges.base import book_update_id
 
 INSTRUMENT = re.compile(r"^[A-Z0-9]{2,12}(-[A-Z0-9]{2,12}){1,3}$")
 
@@ -133,7 +134,7 @@ class Okx(Exchange):
         if stream.channel.data_type == "trade":
             return [stream.last] if stream.last else []
         book, seq = stream.market.book, stream.state["seq"]
-        return [Frame(self._books(stream, "snapshot", book.top(True), book.top(False), -1, seq), (str(seq),))]
+        return [Frame(self._books(stream, "snapshot", book.top(True), book.top(False), -1, seq), (book_update_id(seq, True),))]
 
 
 EXCHANGE = Okx

@@ -49,6 +49,7 @@ class Settings:
     silence_for: float = 0.0
     disconnect_every: float | None = None
     reject_symbols: tuple[str, ...] = ()
+    fault_symbols: tuple[str, ...] = ()  # faults only on these symbols' streams (empty: every stream)
     rate_limit_connections: int = 0
     ack_delay: float = 0.0
     book_dump: str | None = None
@@ -198,7 +199,7 @@ class Stream:
         self.n += 1
         n, faults = self.n, self.sim.faults
         update = self.generate()
-        fault = faults.fault_for(self.channel, n)
+        fault = faults.fault_for(self.channel, n) if faults.applies(self.symbol) else None
         frame = self.sim.exchange.render(self, update, fault == "corrupt_checksum")
         self.last, self.last_id = frame, frame.ids[-1] if frame.ids else self.last_id
         if fault in ("gap", "drop_book_delta"):
@@ -211,7 +212,7 @@ class Stream:
             if fault == "duplicate":
                 await self.deliver(frame, "duplicate", n)
             await self.flush_held()
-        if faults.malformed(n):
+        if faults.applies(self.symbol) and faults.malformed(n):
             await self.deliver_malformed(frame, n)
 
     async def flush_held(self) -> None:
@@ -242,6 +243,9 @@ class Faults:
     @staticmethod
     def _hit(every: int, n: int) -> bool:
         return every > 0 and n % every == 0
+
+    def applies(self, symbol: str) -> bool:
+        return not self.s.fault_symbols or symbol.upper() in {f.upper() for f in self.s.fault_symbols}
 
     def fault_for(self, channel: Channel, n: int) -> str | None:
         """The one fault of event ``n``; when several options hit the same event, the first wins."""

@@ -93,7 +93,8 @@ def _book(action: str, prev: int, seq: int, asks: str = '[["8476.98","415","0","
 def test_current_books_frames_chain_by_prev_seq_id():
     # The sequence example of OKX's order book channel docs: 10 (snapshot), 15, 15 (no change), 3 (reset), 5.
     snapshot = EX.parse(_book("snapshot", -1, 10)).records[0]
-    assert (snapshot.exchange_sequence_id, snapshot.seq, snapshot.snapshot) == ("10", 10, True)
+    # a snapshot shows the id of its book, often the last delta's: its stored id must differ from it
+    assert (snapshot.exchange_sequence_id, snapshot.seq, snapshot.snapshot) == ("10:snapshot", 10, True)
     assert snapshot.timestamp_exchange == 1597026383085000
     update = EX.parse(_book("update", 10, 15)).records[0]
     assert (update.seq, update.prev, update.snapshot) == (15, 10, False)

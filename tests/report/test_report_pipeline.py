@@ -87,7 +87,6 @@ def test_report_equals_the_injected_faults(run):
     assert streams["trade"]["latency_p50_ms"] is not None and streams["orderbook"]["latency_p50_ms"] is None  # depth20 has no time
 
 
-@pytest.mark.xfail(strict=True, reason="check does not write duplicate/out_of_order counter rows into the gap log yet")
 def test_report_counts_the_duplicates_check_saw(run):
     _, manifest, summary, _ = run
     streams = {s["data_type"]: s for s in summary["streams"]}
