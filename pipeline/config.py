@@ -52,6 +52,32 @@ def _csv(variable: str, text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+# CURVE key settings: the file (or folder) is read and checked at load, so a stage given a bad key
+# stops with one line before it binds or connects anything; the value stays the path.
+def _curve_secret_file(variable: str, text: str) -> str:
+    if text:
+        from pipeline import curve
+
+        curve.load_secret(variable, text)
+    return text
+
+
+def _curve_public_file(variable: str, text: str) -> str:
+    if text:
+        from pipeline import curve
+
+        curve.load_public(variable, text)
+    return text
+
+
+def _curve_authorized(variable: str, text: str) -> str:
+    if text:
+        from pipeline import curve
+
+        curve.load_authorized(variable, text)
+    return text
+
+
 @dataclasses.dataclass(frozen=True)
 class Setting:
     variable: str
@@ -97,6 +123,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("ZMQ_PUSH", "", _text, "endpoint this stage pushes to (connects)", flag="--push"),
         Setting("ZMQ_PULL", "", _text, "endpoint this stage pulls from (binds)", flag="--pull"),
         Setting("ZMQ_HWM", "1000", _INT, "ZeroMQ high-water mark, in messages", flag="--hwm"),
+        Setting("ZMQ_CURVE_SECRET_KEY_FILE", "", _curve_secret_file,
+                "this end's CURVE secret key file (NAME.key_secret from collector keygen); empty: CURVE off"),
+        Setting("ZMQ_CURVE_SERVER_KEY_FILE", "", _curve_public_file,
+                "PUSH side: public key file (NAME.key) of the PULL it connects to; set: the push is CURVE-encrypted"),
+        Setting("ZMQ_CURVE_AUTHORIZED_KEYS", "", _curve_authorized,
+                "PULL side: folder of client public key files (*.key), or one such file; set: the pull admits only those"),
         Setting("BOOK_RESYNC_MIN_INTERVAL_SECS", "5", _FLOAT, "at most one book resync per symbol in this time"),
         Setting("VERIFY_BOOK_CHECKSUM", "on", _flag, "verify exchange book checksums where a feed has them"),
         Setting("STREAM_STALE_SECS", "0", _FLOAT, "a stream silent this long on a live connection is stale (0: each feed's own cadence)"),
@@ -169,9 +201,29 @@ def _check_rules(v: dict[str, Any]) -> None:
             raise ConfigError("WS_MAX_RETRY_DELAY_SECS", "must be >= WS_INITIAL_RETRY_DELAY_SECS")
     if "batch_interval" in v and v["batch_interval"] <= 0:
         raise ConfigError("BATCH_INTERVAL", "must be greater than 0")
+    _check_curve(v)
     if "zmq_hwm" in v and v["zmq_hwm"] < 1:
         raise ConfigError("ZMQ_HWM", "must be at least 1")
     if "metrics_port" in v and not 0 <= v["metrics_port"] <= 65535:
         raise ConfigError("METRICS_PORT", "must be a port number (0-65535)")
     if "log_level" in v and v["log_level"].upper() not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError("LOG_LEVEL", f"unknown level {v['log_level']!r}")
+
+
+_CURVE_ROLES = ("ZMQ_CURVE_AUTHORIZED_KEYS", "ZMQ_CURVE_SERVER_KEY_FILE")  # PULL (server), PUSH (client)
+
+
+def _check_curve(v: dict[str, Any]) -> None:
+    """A role's key setting needs this end's secret key, and a secret key needs a role to be of use."""
+    if "zmq_curve_secret_key_file" not in v:
+        return
+    secret = v["zmq_curve_secret_key_file"]
+    roles = [role for role in _CURVE_ROLES if role.lower() in v]
+    for role in roles:
+        if v[role.lower()] and not secret:
+            raise ConfigError("ZMQ_CURVE_SECRET_KEY_FILE", f"required when {role} is set")
+    if secret and roles and not any(v[role.lower()] for role in roles):
+        if len(roles) == 1:
+            raise ConfigError(roles[0], "required when ZMQ_CURVE_SECRET_KEY_FILE is set")
+        raise ConfigError("ZMQ_CURVE_SECRET_KEY_FILE", f"is set, but neither {' nor '.join(roles)} is "
+                          "(a secret key alone turns no socket to CURVE)")

@@ -15,12 +15,11 @@ pair (1, 2, 4, 3, 5) is one out-of-order record, not a gap: a missing id that tu
 gap. The first record of a new epoch (a reconnect, a snapshot) starts the chain afresh: never a gap;
 the outage itself is reported by ingest as a ``disconnect`` row.
 
-Memory is bounded: at most ``max_streams`` streams (least recently used forgotten), ``RECENT`` ids and
-``MAX_PENDING`` open gaps per stream.
+Memory is bounded: at most ``max_streams`` streams (least recently used forgotten, their open gaps
+reported first), 2 x ``RECENT`` ids and ``MAX_PENDING`` open gaps per stream.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 from typing import Callable
 
@@ -45,21 +44,27 @@ class _PendingGap:
 
 
 class _Stream:
-    __slots__ = ("epoch", "newest", "newest_time", "recent", "recent_order", "pending")
+    """One stream's state. Recent ids live in two generations of sets (between RECENT and 2 x RECENT
+    ids are remembered): cheaper per record than an ordered eviction queue."""
 
-    def __init__(self) -> None:
+    __slots__ = ("kind", "epoch", "newest", "newest_time", "recent", "older", "pending")
+
+    def __init__(self, kind: Semantics) -> None:
+        self.kind = kind
         self.epoch: str | None = None
         self.newest: int | None = None
         self.newest_time = 0
         self.recent: set[int] = set()
-        self.recent_order: collections.deque[int] = collections.deque()
+        self.older: set[int] = set()
         self.pending: list[_PendingGap] = []
+
+    def seen(self, seq: int) -> bool:
+        return seq in self.recent or seq in self.older
 
     def remember(self, seq: int) -> None:
         self.recent.add(seq)
-        self.recent_order.append(seq)
-        if len(self.recent_order) > RECENT:
-            self.recent.discard(self.recent_order.popleft())
+        if len(self.recent) >= RECENT:
+            self.older, self.recent = self.recent, set()
 
 
 class _Streams(LRUCache):
@@ -83,18 +88,60 @@ class SequenceTracker:
         self.grace = grace
         self._confirmed: list[dict] = []
 
-    def observe(self, exchange: str, symbol: str, data_type: str, seq: int | None, prev: int | None,
-                snapshot: bool, epoch: str, received_us: int, received_id: str, now: float) -> str:
-        kind = self._kinds.get((exchange, data_type))
-        if kind is None:
-            kind = self._kinds[(exchange, data_type)] = self._semantics(exchange, data_type)
-        if seq is None or kind is Semantics.NONE:
-            return OK
+    def _stream(self, exchange: str, symbol: str, data_type: str) -> _Stream:
         key = (exchange, symbol, data_type)
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[key] = _Stream()
-        if seq in stream.recent and not snapshot:  # a snapshot may show the id of the last delta
+            kind = self._kinds.get((exchange, data_type))
+            if kind is None:
+                kind = self._kinds[(exchange, data_type)] = self._semantics(exchange, data_type)
+            stream = self._streams[key] = _Stream(kind)
+        return stream
+
+    def observe(self, exchange: str, symbol: str, data_type: str, seq: int | None, prev: int | None,
+                snapshot: bool, epoch: str, received_us: int, received_id: str, now: float) -> str:
+        """The verdict on one record."""
+        if seq is None:
+            return OK
+        stream = self._stream(exchange, symbol, data_type)
+        return self._verdict((exchange, symbol, data_type), stream, seq, prev, snapshot, epoch, received_us,
+                             received_id, now)
+
+    def observe_rows(self, rows: list[list], now: float) -> list[tuple[str, tuple, int]]:
+        """Verdicts on a message's header rows: (verdict, stream key, receipt time) of every record
+        that is not ok. The hot path of check: the LRU is touched once per stream per message and an
+        in-order record of a chained feed costs a few dictionary and set operations."""
+        found = []
+        streams: dict[tuple, _Stream] = {}
+        verdict_of = self._verdict
+        for exchange, symbol, data_type, received_id, received_us, _, seq, prev, snapshot, epoch, _ in rows:
+            if seq is None:
+                continue
+            key = (exchange, symbol, data_type)
+            stream = streams.get(key)
+            if stream is None:
+                stream = streams[key] = self._stream(exchange, symbol, data_type)
+            # fast path: the next record of a chain, as nearly every record is
+            if (prev is not None and prev == stream.newest and seq > prev and not snapshot and stream.epoch == epoch
+                    and stream.kind is not Semantics.UNIQUE and stream.kind is not Semantics.NONE
+                    and not stream.pending):
+                if seq in stream.recent or seq in stream.older:
+                    found.append((DUPLICATE, key, received_us))
+                    continue
+                stream.remember(seq)
+                stream.newest, stream.newest_time = seq, received_us
+                continue
+            verdict = verdict_of(key, stream, seq, prev, snapshot, epoch, received_us, received_id, now)
+            if verdict is not OK:
+                found.append((verdict, key, received_us))
+        return found
+
+    def _verdict(self, key: tuple, stream: _Stream, seq: int, prev: int | None, snapshot: bool, epoch: str,
+                 received_us: int, received_id: str, now: float) -> str:
+        kind = stream.kind
+        if kind is Semantics.NONE:
+            return OK
+        if not snapshot and stream.seen(seq):  # a snapshot may show the id of the last delta
             return DUPLICATE
         stream.remember(seq)
         if kind is Semantics.UNIQUE:
@@ -149,9 +196,8 @@ class SequenceTracker:
         """Gaps older than the grace period, as ``gaps`` rows; the caller counts and stores them."""
         for key, stream in list(self._streams.items()):
             if stream.pending and now - stream.pending[0].detected >= self.grace:
-                kind = self._kinds[(key[0], key[2])]
                 while stream.pending and now - stream.pending[0].detected >= self.grace:
-                    self._confirm(key, stream.pending.pop(0), kind)
+                    self._confirm(key, stream.pending.pop(0), stream.kind)
         confirmed, self._confirmed = self._confirmed, []
         return confirmed
 
@@ -162,9 +208,8 @@ class SequenceTracker:
         return confirmed
 
     def _confirm_all(self, key: tuple, stream: _Stream) -> None:
-        kind = self._kinds[(key[0], key[2])]
         while stream.pending:
-            self._confirm(key, stream.pending.pop(0), kind)
+            self._confirm(key, stream.pending.pop(0), stream.kind)
 
     def _confirm(self, key: tuple, gap: _PendingGap, kind: Semantics) -> None:
         exchange, symbol, data_type = key

@@ -4,6 +4,10 @@ PULL binds and PUSH connects, so both ends of a hop are given the same endpoint 
 pushers can feed one puller. Sends never block: a message that would block (the high-water mark is
 reached because downstream is slow or gone) is dropped and its records are counted, so a stalled
 stage can never stall a WebSocket read upstream.
+
+CURVE (``pipeline.curve``) is off unless keys are given: a Puller with ``ServerKeys`` is a CURVE server
+that admits only the authorized client keys, a Pusher with ``ClientKeys`` a CURVE client. Without
+keys the sockets are exactly the plain ones.
 """
 from __future__ import annotations
 
@@ -11,8 +15,9 @@ import time
 from typing import Sequence
 
 import zmq
+from loguru import logger
 
-from pipeline import metrics
+from pipeline import curve, metrics
 
 LINGER_MS = 2000
 
@@ -22,11 +27,19 @@ def context() -> zmq.Context:
 
 
 class Pusher:
-    def __init__(self, endpoint: str, hwm: int, stage: str, ctx: zmq.Context | None = None):
+    def __init__(self, endpoint: str, hwm: int, stage: str, ctx: zmq.Context | None = None,
+                 curve_keys: curve.ClientKeys | None = None, settings=None):
+        """``settings``: a stage's loaded config; its ZMQ_CURVE_* settings give ``curve_keys`` (or None)."""
+        if curve_keys is None and settings is not None:
+            curve_keys = curve.client_keys(settings)
         self.endpoint = endpoint
         self.socket = (ctx or context()).socket(zmq.PUSH)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, LINGER_MS)
+        self.curve = curve_keys is not None
+        if curve_keys is not None:
+            curve.make_client(self.socket, curve_keys)
+            logger.info("PUSH {}: CURVE on (server key {})", endpoint, curve_keys.server_key.decode())
         self.socket.connect(endpoint)
         self._dropped = metrics.MESSAGES_DROPPED.labels(stage=stage)
         self.dropped_records = 0
@@ -48,12 +61,26 @@ class Pusher:
 
 
 class Puller:
-    def __init__(self, endpoint: str, hwm: int, ctx: zmq.Context | None = None):
+    def __init__(self, endpoint: str, hwm: int, ctx: zmq.Context | None = None,
+                 curve_keys: curve.ServerKeys | None = None, settings=None):
+        """``settings``: a stage's loaded config; its ZMQ_CURVE_* settings give ``curve_keys`` (or None)."""
+        if curve_keys is None and settings is not None:
+            curve_keys = curve.server_keys(settings)
         self.endpoint = endpoint
         self.socket = (ctx or context()).socket(zmq.PULL)
         self.socket.setsockopt(zmq.RCVHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(endpoint)
+        self.curve = curve_keys is not None
+        self._authenticator = None
+        if curve_keys is not None:
+            self._authenticator = curve.make_server(self.socket, curve_keys)
+            logger.info("PULL {}: CURVE on (public key {}), {} authorized client key(s) from {}", endpoint,
+                        curve_keys.public_key.decode(), len(curve_keys.authorized), curve_keys.location)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError:
+            self.close()
+            raise
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
 
@@ -71,3 +98,6 @@ class Puller:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None

@@ -42,36 +42,38 @@ class Checker:
         self.records = 0
         self.gaps = 0
         self.duplicates = 0
-        self._latency: dict[tuple[str, str], object] = {}
         self._streams: set[tuple[str, str, str]] = set()
         # duplicates and out-of-order records per stream since the last rows sent: [count, first, last]
         self._anomalies: dict[tuple[str, str, str, str], list[int]] = {}
 
     def check(self, rows: list[list], now: float) -> None:
-        observe = self.tracker.observe
-        latency = self._latency
-        verdicts: collections.Counter = collections.Counter()
+        """Verdicts, latency and counts for one message's header rows."""
+        latencies: dict[tuple[str, str], list[float]] = {}
         received: collections.Counter = collections.Counter()
-        for exchange, symbol, data_type, seq_id, collected, exchange_time, seq, prev, snapshot, epoch, _ in rows:
+        negative = 0
+        for exchange, symbol, data_type, _, collected, exchange_time, *_ in rows:
             received[(exchange, symbol, data_type)] += 1
-            verdict = observe(exchange, symbol, data_type, seq, prev, snapshot, epoch, collected, seq_id, now)
-            if verdict != "ok":
-                verdicts[(verdict, exchange, symbol, data_type)] += 1
-                seen = self._anomalies.get((verdict, exchange, symbol, data_type))
-                if seen is None:
-                    self._anomalies[(verdict, exchange, symbol, data_type)] = [1, collected, collected]
-                else:
-                    seen[0] += 1
-                    seen[2] = collected
             if exchange_time is not None:
                 delay_ms = (collected - exchange_time) / 1000.0
                 if delay_ms >= 0:
-                    histogram = latency.get((exchange, data_type))
-                    if histogram is None:
-                        histogram = latency[(exchange, data_type)] = metrics.LATENCY.labels(exchange=exchange, data_type=data_type)
-                    histogram.observe(delay_ms)
+                    values = latencies.get((exchange, data_type))
+                    if values is None:
+                        values = latencies[(exchange, data_type)] = []
+                    values.append(delay_ms)
                 else:
+                    negative += 1
                     metrics.NEGATIVE_LATENCY.labels(exchange=exchange).inc()
+        for labels, values in latencies.items():
+            metrics.LATENCY.observe_many(labels, values)
+        verdicts: collections.Counter = collections.Counter()
+        for verdict, key, collected in self.tracker.observe_rows(rows, now):
+            verdicts[(verdict,) + key] += 1
+            seen = self._anomalies.get((verdict,) + key)
+            if seen is None:
+                self._anomalies[(verdict,) + key] = [1, collected, collected]
+            else:
+                seen[0] += 1
+                seen[2] = collected
         self.records += len(rows)
         for stream in received.keys() - self._streams:
             self._streams.add(stream)
@@ -107,7 +109,8 @@ class Checker:
 
 @click.command()
 @cfg.options("ZMQ_PULL", "ZMQ_PUSH", "ZMQ_HWM", "SEQUENCE_MAX_STREAMS", "METRICS_PORT", "METRICS_HOST",
-             "LOG_LEVEL", "LOG_DIR", "LOG_RETENTION_DAYS")
+             "LOG_LEVEL", "LOG_DIR", "LOG_RETENTION_DAYS",
+             "ZMQ_CURVE_SECRET_KEY_FILE", "ZMQ_CURVE_AUTHORIZED_KEYS")
 def command(**raw: str | None) -> None:
     """The checking stage: sequence gaps, duplicates, reordering and latency."""
     stop = threading.Event()
@@ -119,7 +122,7 @@ def command(**raw: str | None) -> None:
     state = health.Health("check")
     server = health.serve(state, conf.metrics_host, conf.metrics_port)
 
-    puller = Puller(conf.zmq_pull or cfg.DEFAULT_INGEST_ENDPOINT, conf.zmq_hwm)
+    puller = Puller(conf.zmq_pull or cfg.DEFAULT_INGEST_ENDPOINT, conf.zmq_hwm, settings=conf)
     pusher = Pusher(conf.zmq_push or cfg.DEFAULT_PERSIST_ENDPOINT, conf.zmq_hwm, "check")
     checker = Checker(SequenceTracker(feed_semantics, conf.sequence_max_streams))
     bad = metrics.BAD_MESSAGES.labels(stage="check")
@@ -141,7 +144,7 @@ def command(**raw: str | None) -> None:
                 pusher.send(frames, 0)
             else:
                 raise WireError(f"unknown message kind {kind[:8]!r}")
-        except WireError as exc:
+        except (WireError, TypeError, ValueError, OverflowError) as exc:  # a broken peer's message, not ours to die of
             bad.inc()
             logger.warning("check: dropped a malformed message: {}", exc)
 

@@ -284,6 +284,7 @@ def _resolve(conf: cfg.Config) -> tuple[Exchange, list[str], list[str]]:
     "EXCHANGE", "SYMBOLS", "FEEDS", "WS_URL", "ZMQ_PUSH", "ZMQ_HWM", "BATCH_INTERVAL", "WS_MESSAGE_TIMEOUT_SECS",
     "WS_INITIAL_RETRY_DELAY_SECS", "WS_MAX_RETRY_DELAY_SECS", "STREAM_STALE_SECS", "MAX_FRAME_BYTES", "BOOK_RESYNC_MIN_INTERVAL_SECS",
     "VERIFY_BOOK_CHECKSUM", "METRICS_PORT", "METRICS_HOST", "LOG_LEVEL", "LOG_DIR", "LOG_RETENTION_DAYS",
+    "ZMQ_CURVE_SECRET_KEY_FILE", "ZMQ_CURVE_SERVER_KEY_FILE",
 )
 def command(**raw: str | None) -> None:
     """One ingest process: an exchange's WebSockets for some symbols -> check."""
@@ -302,7 +303,7 @@ def command(**raw: str | None) -> None:
     per_connection = exchange.max_symbols_per_connection
     chunks = [symbols[i : i + per_connection] for i in range(0, len(symbols), per_connection)]
     connections = [
-        Connection(exchange, conf.ws_url or exchange.url, chunk, feeds, conf, Pusher(push, conf.zmq_hwm, "ingest"), i)
+        Connection(exchange, conf.ws_url or exchange.url, chunk, feeds, conf, Pusher(push, conf.zmq_hwm, "ingest", settings=conf), i)
         for i, chunk in enumerate(chunks)
     ]
     state.connections_total = len(connections)

@@ -74,19 +74,26 @@ def exported_series() -> dict[str, dict]:
             stages_of.setdefault(id(metric), set()).add(stage)
     series: dict[str, dict] = {}
     for metric in vars(metrics).values():
-        if not isinstance(metric, MetricWrapperBase):
-            continue
         registry = CollectorRegistry()
-        kwargs = {"buckets": metric._upper_bounds} if isinstance(metric, Histogram) else {}
-        copy = type(metric)(metric._name, metric._documentation, metric._labelnames, registry=registry, **kwargs)
-        child = copy.labels(*["x"] * len(metric._labelnames)) if metric._labelnames else copy
-        child.observe(1) if isinstance(metric, Histogram) else (child.inc() if hasattr(child, "inc") else None)
+        if isinstance(metric, metrics.BatchHistogram):
+            copy = metrics.BatchHistogram(metric.name, metric.documentation, metric.labelnames, metric.bounds)
+            copy.observe_many(("x",) * len(metric.labelnames), [1.0])
+            registry.register(copy)
+            name = metric.name
+        elif isinstance(metric, MetricWrapperBase):
+            kwargs = {"buckets": metric._upper_bounds} if isinstance(metric, Histogram) else {}
+            copy = type(metric)(metric._name, metric._documentation, metric._labelnames, registry=registry, **kwargs)
+            child = copy.labels(*["x"] * len(metric._labelnames)) if metric._labelnames else copy
+            child.observe(1) if isinstance(metric, Histogram) else (child.inc() if hasattr(child, "inc") else None)
+            name = metric._name
+        else:
+            continue
         for family in text_string_to_metric_families(generate_latest(registry).decode()):
             for sample in family.samples:
                 series[sample.name] = {
                     "labels": frozenset(sample.labels),
                     "stages": frozenset(stages_of.get(id(metric), ())),
-                    "family": metric._name,
+                    "family": name,
                 }
     return series
 

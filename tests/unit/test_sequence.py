@@ -337,7 +337,7 @@ def test_pending_gaps_are_bounded_and_the_oldest_is_reported_early_not_lost():
 
 def test_recent_ids_are_bounded_an_id_older_than_that_is_out_of_order_not_a_duplicate():
     s = contiguous()
-    last = RECENT + 100
+    last = 2 * RECENT + 100  # two generations of RECENT ids are remembered
     assert set(s.run(*range(1, last + 1))) == {OK}
     assert s.feed(1) == OUT_OF_ORDER  # forgotten
     assert s.feed(last - 5) == DUPLICATE  # remembered
