@@ -26,6 +26,7 @@ from pipeline.exchanges.base import Exchange, SymbolError
 from pipeline.records import encode_events, encode_records, gap_event, now_us
 from pipeline.resilience import Backoff, ParseBreaker
 from pipeline.transport import Pusher
+from pipeline.wsframes import BINARY, CLOSE, OVERSIZED, PING, TEXT, FrameReader
 
 FLUSH_RECORDS = 512  # records per ZeroMQ message at most
 FLUSH_SECS = 0.05  # a partial batch waits no longer than this
@@ -137,20 +138,15 @@ class Connection:
             now = time.monotonic()
             last_frame = last_sent = last_flush = last_stale_check = now
             connected_at = now
+            reader = FrameReader(ws.sock, max_frame)
             while not stop.is_set():
-                try:
-                    opcode, frame = ws.recv_data(control_frame=True)
-                except websocket.WebSocketTimeoutException:
-                    frame = None
+                message = reader.next()
                 now = time.monotonic()
-                if frame is not None:
+                if message is not None:
+                    opcode, frame = message
                     last_frame = now
-                    if opcode in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                    if opcode == TEXT or opcode == BINARY:
                         received = now_us()
-                        if len(frame) > max_frame:
-                            self._oversized.inc()
-                            logger.warning("{}: refused a frame of {} bytes (MAX_FRAME_BYTES {})", name, len(frame), max_frame)
-                            continue
                         parsed = parse(frame)
                         if parsed.records:
                             delivered = True
@@ -160,8 +156,8 @@ class Connection:
                                 datas.append(r.data)
                                 self.last_seen[(r.symbol, r.data_type)] = now
                             if books.active:
-                                for message in books.observe(parsed.records, received, now):
-                                    self._send_control(ws, message)
+                                for message_out in books.observe(parsed.records, received, now):
+                                    ws.send(message_out)
                         elif parsed.error is not None:
                             self._parse_errors.inc()
                             logger.debug("{}: unparsable frame ({}): {!r:.200}", name, parsed.error, frame)
@@ -173,7 +169,12 @@ class Connection:
                             self._breaks.inc()
                             logger.error("{} connection {}: most frames of the last minute failed to parse; reconnecting", name, self.index)
                             break
-                    elif opcode == websocket.ABNF.OPCODE_CLOSE:
+                    elif opcode == PING:
+                        ws.pong(frame)
+                    elif opcode == OVERSIZED:
+                        self._oversized.inc()
+                        logger.warning("{}: refused a frame over MAX_FRAME_BYTES ({})", name, max_frame)
+                    elif opcode == CLOSE:
                         logger.info("{} connection {} closed by the exchange", name, self.index)
                         break
                 if headers and (len(headers) >= FLUSH_RECORDS or now - last_flush >= FLUSH_SECS):
@@ -201,7 +202,7 @@ class Connection:
                 if now - last_stale_check >= STALE_CHECK_SECS:
                     self._check_stale(now, connected_at)
                     last_stale_check = now
-        except (OSError, websocket.WebSocketException) as exc:
+        except (OSError, websocket.WebSocketException) as exc:  # ConnectionError included
             logger.warning("{} connection {} lost: {}", name, self.index, exc or type(exc).__name__)
         finally:
             if headers:
@@ -222,9 +223,6 @@ class Connection:
                 time.sleep(self.exchange.subscribe_interval_secs)
             ws.send(message)
         self.subscribed = True
-
-    def _send_control(self, ws: websocket.WebSocket, message: str) -> None:
-        ws.send(message)
 
     def _flush(self, headers: list[tuple], datas: list[bytes]) -> None:
         self.pusher.send(encode_records(headers, datas), len(headers))
