@@ -116,17 +116,23 @@ class Store:
         con = self.con
         inserted = 0
         if table is not None:
-            con.register("incoming", table)
+            # Dedup looks at the key columns only; the raw JSON (kilobytes a book) is copied once, at the insert.
+            keys = table.select(["exchange", "symbol", "data_type", "exchange_sequence_id", "timestamp_collector"])
+            con.register("incoming_keys", keys.append_column("row_index", pa.array(range(table.num_rows), pa.int64())))
         try:
             con.execute("BEGIN TRANSACTION")
             if table is not None:
-                con.execute(f"""CREATE OR REPLACE TEMP TABLE fresh AS
-                    SELECT i.* FROM (SELECT * FROM incoming
-                                     QUALIFY row_number() OVER (PARTITION BY {KEY} ORDER BY timestamp_collector) = 1) i
-                    ANTI JOIN stored_keys USING ({KEY})""")
-                con.execute("INSERT INTO snapshots SELECT * FROM fresh")
-                con.execute(f"INSERT INTO stored_keys SELECT {KEY}, timestamp_collector FROM fresh")
-                inserted = self._scalar("SELECT count(*) FROM fresh")
+                chosen = con.sql(f"""
+                    WITH firsts AS (SELECT * FROM incoming_keys
+                                    QUALIFY row_number() OVER (PARTITION BY {KEY} ORDER BY timestamp_collector, row_index) = 1)
+                    SELECT row_index FROM firsts ANTI JOIN stored_keys USING ({KEY}) ORDER BY row_index""").to_arrow_table()
+                fresh = table if chosen.num_rows == table.num_rows else table.take(chosen.column(0))
+                inserted = fresh.num_rows
+                if inserted:
+                    con.register("fresh", fresh)
+                    con.execute("INSERT INTO snapshots SELECT * FROM fresh")
+                    con.execute(f"INSERT INTO stored_keys SELECT {KEY}, timestamp_collector FROM fresh")
+                    con.unregister("fresh")
             if events:
                 rows = [tuple(event.get(field) for field in GAP_FIELDS) for event in events]
                 con.executemany(f"INSERT INTO gaps VALUES ({', '.join('?' * len(GAP_FIELDS))})", rows)
@@ -137,7 +143,7 @@ class Store:
             raise
         finally:
             if table is not None:
-                con.unregister("incoming")
+                con.unregister("incoming_keys")
         return inserted
 
     def pending_rows(self) -> int:

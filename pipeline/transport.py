@@ -20,6 +20,7 @@ from loguru import logger
 from pipeline import curve, metrics
 
 LINGER_MS = 2000
+REDIAL_SECS = 5.0  # a CURVE pusher the peer refused dials again after this long
 
 
 def context() -> zmq.Context:
@@ -37,8 +38,14 @@ class Pusher:
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, LINGER_MS)
         self.curve = curve_keys is not None
+        self._monitor: zmq.Socket | None = None
+        self._redial_at: float | None = None
+        self._refusals = 0
         if curve_keys is not None:
             curve.make_client(self.socket, curve_keys)
+            # libzmq gives up on an endpoint whose peer refused the handshake; watch for that (see _refused)
+            self._monitor = self.socket.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_SUCCEEDED)
             logger.info("PUSH {}: CURVE on (server key {})", endpoint, curve_keys.server_key.decode())
         self.socket.connect(endpoint)
         self._dropped = metrics.MESSAGES_DROPPED.labels(stage=stage)
@@ -54,9 +61,42 @@ class Pusher:
             self._dropped.inc(records)
             self.dropped_records += records
             self.last_drop_monotonic = time.monotonic()
+            if self._monitor is not None:
+                self._refused(self.last_drop_monotonic)
             return False
 
+    def _refused(self, now: float) -> None:
+        """CURVE only, on a drop: a peer that refused our keys makes libzmq drop the endpoint for good, so
+        every send fails from then on. Say so once, and dial again every REDIAL_SECS (the operator may
+        authorize this key and restart the peer)."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._redial_at = None
+            elif self._redial_at is None:
+                self._refusals += 1
+                self._redial_at = now + REDIAL_SECS
+                (logger.warning if self._refusals == 1 else logger.debug)(
+                    "PUSH {}: the peer refused the CURVE handshake ({}): is this end's public key in its "
+                    "ZMQ_CURVE_AUTHORIZED_KEYS, and ZMQ_CURVE_SERVER_KEY_FILE the peer's public key? "
+                    "Dialing again every {:.0f}s; records are dropped and counted meanwhile", self.endpoint,
+                    "key not authorized" if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "protocol error",
+                    REDIAL_SECS)
+        if self._redial_at is not None and now >= self._redial_at:
+            self._redial_at = None
+            try:
+                self.socket.disconnect(self.endpoint)
+            except zmq.ZMQError:
+                pass  # libzmq already forgot the endpoint
+            self.socket.connect(self.endpoint)
+
     def close(self, linger_ms: int = LINGER_MS) -> None:
+        if self._monitor is not None:
+            self.socket.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         self.socket.close(linger=linger_ms)
 
 

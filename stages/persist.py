@@ -187,8 +187,8 @@ def command(**raw: str | None) -> None:
             frames = puller.recv(timeout_ms)
             while frames is not None:
                 receive(frames)
-                if persister.buffer.records >= MAX_BUFFERED_RECORDS:
-                    break
+                if persister.buffer.records >= MAX_BUFFERED_RECORDS or time.monotonic() >= next_flush:
+                    break  # a busy queue must not postpone the batch: it would only grow and stall
                 frames = puller.recv_nowait()
         else:
             stop.wait(0.2)

@@ -73,7 +73,8 @@ def missing_ids(ids: list[int]) -> list[int]:
 
 
 def counted_by_gap_rows(missing: list[int], gap_rows: list[tuple[str, int]]) -> set[int]:
-    """The missing ids that some ``gap`` row (expected, missing) names."""
+    """The missing ids that some gap-log row names through (expected, missing): a ``gap`` row, or an
+    outage (``disconnect``) row where the stage that wrote it knew which ids the outage cost."""
     covered: set[int] = set()
     for expected, count in gap_rows:
         if expected is None or count is None:

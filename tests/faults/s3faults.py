@@ -2,7 +2,8 @@
 
 ``LatencyProxy``: a TCP proxy that forwards in small chunks and sleeps before each one (a slow or
 far-away store). ``ErrorProxy``: an HTTP proxy that answers 500/503 with S3's XML error body while
-``failing`` is set (or for the first ``fail_first`` requests), and forwards to moto otherwise.
+``failing`` is set (or for the first ``fail_first`` requests; only for ``methods`` when given), and
+forwards to moto otherwise.
 """
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ ERROR_BODY = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Co
 class ErrorProxy:
     """HTTP/1.1 proxy to moto that fails requests on demand with 500 InternalError / 503 SlowDown."""
 
-    def __init__(self, upstream: int, fail_first: int = 0):
-        self.upstream = upstream
+    def __init__(self, upstream: int, fail_first: int = 0, methods: tuple[str, ...] = ()):
+        self.upstream, self.methods = upstream, methods
         self.failing = threading.Event()
         self.fail_first = fail_first
         self.requests = self.failed = 0
@@ -83,6 +84,7 @@ class ErrorProxy:
                 with proxy._lock:
                     proxy.requests += 1
                     fail = proxy.failing.is_set() or proxy.requests <= proxy.fail_first
+                    fail = fail and (not proxy.methods or self.command in proxy.methods)
                     if fail:
                         proxy.failed += 1
                         status = 503 if proxy.failed % 2 else 500

@@ -4,7 +4,7 @@
 flight. Here each stage is first frozen (SIGSTOP) while records keep coming, so that its ZeroMQ
 queues and socket buffers certainly hold some, and then SIGKILLed and started again. What was in
 flight may be lost (that is the documented window), but it must be *counted*: every id missing from
-the archive must be named by a ``gap`` row. Today none of the three stages counts it; each test is
+the archive must be named by a row of the gap log (a ``gap`` row, or an outage row saying which ids). Today none of the three stages counts it; each test is
 a strict xfail naming the bug, so that the fix turns it into a pass that must be kept.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ def losses(pipeline: Pipeline) -> dict[str, dict]:
     trades, gap_rows = stored_rows(
         pipeline.archive_dir, None,
         "SELECT symbol, CAST(exchange_sequence_id AS BIGINT) FROM allrows WHERE exchange = 'binance' AND data_type = 'trade'",
-        "SELECT symbol, expected, missing FROM allgaps WHERE kind = 'gap' AND exchange = 'binance' AND data_type = 'trade'")
+        "SELECT symbol, expected, missing FROM allgaps WHERE kind IN ('gap', 'disconnect') AND exchange = 'binance' AND data_type = 'trade'")
     result = {}
     for symbol in {s for s, _ in trades}:
         ids = [i for s, i in trades if s == symbol]

@@ -8,6 +8,7 @@ or replaced at will. Runs in a thread with its own event loop, on 127.0.0.1 only
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from typing import Awaitable, Callable
@@ -16,8 +17,6 @@ import orjson
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.conftest import free_port
-
-_MISSING = object()
 
 
 def trade(symbol: str, trade_id: object, drop: tuple[str, ...] = (), **fields: object) -> bytes:
@@ -28,7 +27,11 @@ def trade(symbol: str, trade_id: object, drop: tuple[str, ...] = (), **fields: o
     data.update(fields)
     for name in drop:
         data.pop(name, None)
-    return orjson.dumps({"stream": f"{symbol}@trade", "data": data})
+    message = {"stream": f"{symbol}@trade", "data": data}
+    try:
+        return orjson.dumps(message)
+    except TypeError:  # integers past 64 bits: the standard library writes them
+        return json.dumps(message, separators=(",", ":")).encode()
 
 
 class Conn:

@@ -35,7 +35,6 @@ class TestPusher:
         self.socket = self.context.socket(zmq.PUSH)
         self.socket.linger = 0
         self.socket.sndhwm = 10_000
-        self.socket.sndtimeo = 5000  # the connection's pipe is attached asynchronously after connect()
         if secret_file is not None:
             public, secret = zmq.auth.load_certificate(secret_file)
             self.socket.curve_secretkey, self.socket.curve_publickey = secret, public
@@ -44,9 +43,11 @@ class TestPusher:
         self.socket.connect(endpoint)
         self.events: list[int] = []
 
-    def send(self, records: list[tuple[tuple, bytes]], batch: int = 50) -> int:
-        """Queues the records (waiting at most a few seconds for a pipe); how many the socket took, not how
-        many arrived: a refused peer's messages are queued too, they just never leave."""
+    def send(self, records: list[tuple[tuple, bytes]], batch: int = 50, timeout_ms: int = 5000) -> int:
+        """Queues the records, waiting at most ``timeout_ms`` for room; how many the socket took, not how
+        many arrived. (Once a peer refused the handshake, libzmq drops the connection's queue and takes
+        nothing more.)"""
+        self.socket.sndtimeo = timeout_ms
         taken = 0
         for i in range(0, len(records), batch):
             chunk = records[i : i + batch]

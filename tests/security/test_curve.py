@@ -7,7 +7,6 @@ chain (simulator -> ingest as CURVE client -> check -> persist) still works with
 """
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import time
@@ -118,12 +117,14 @@ def test_only_an_authorized_key_gets_records_into_check(pipeline, keys):
     }
     authorized = None
     try:
-        for name, pusher in refused.items():
-            assert pusher.send(trade_records(["btcusdt"], 200)) == 200, (name, pusher.handshake_events())
-        # the one bounded wait of these tests: nothing may arrive while the refused pushers keep retrying
+        for pusher in refused.values():
+            pusher.send(trade_records(["btcusdt"], 200), timeout_ms=1000)
+        # the one bounded wait of these tests: nothing may arrive while the refused pushers keep offering
         deadline = time.monotonic() + QUIET_SECS
         while time.monotonic() < deadline:
             assert received(check) == 0, "check accepted records from a peer without an authorized key"
+            for pusher in refused.values():
+                pusher.send(trade_records(["btcusdt"], 50), timeout_ms=0)
             time.sleep(0.2)
         events = {name: pusher.handshake_events() for name, pusher in refused.items()}
         assert zmq.EVENT_HANDSHAKE_FAILED_AUTH in events["unknown key"], "check's ZAP handler did not refuse the key"
@@ -133,6 +134,8 @@ def test_only_an_authorized_key_gets_records_into_check(pipeline, keys):
 
         authorized = TestPusher(endpoint, keys.ingest_secret, keys.check_public)
         assert authorized.send(trade_records(["ethusdt"], 300)) == 300
+        for pusher in refused.values():
+            pusher.send(trade_records(["btcusdt"], 50), timeout_ms=0)
         wait_for(lambda: received(check) >= 300, 20, what="the authorized pusher's records in check")
         assert zmq.EVENT_HANDSHAKE_SUCCEEDED in authorized.handshake_events()
         time.sleep(0.3)
@@ -183,21 +186,30 @@ def test_the_whole_chain_runs_with_ingest_as_a_curve_client(pipeline, keys):
         assert results[name][0] == 0, f"{name}:\n{pipeline[name].output()[-3000:]}"
 
 
-def test_an_ingest_with_a_key_check_does_not_know_delivers_nothing(pipeline, keys):
+def test_a_refused_ingest_says_so_counts_its_drops_and_gets_in_once_authorized(pipeline, keys):
     _, ws_port = pipeline.simulator("binance", "--seed", "4", "--rate", "100")
-    check = pipeline.start("check", "check", "--pull", pipeline.ingest_endpoint, "--push", pipeline.persist_endpoint,
-                           *keys.check_args())
+    check_args = ("--pull", pipeline.ingest_endpoint, "--push", pipeline.persist_endpoint, *keys.check_args())
+    check = pipeline.start("check", "check", *check_args)
     ingest = pipeline.start("ingest", "ingest", "--exchange", "binance", "--symbols", "btcusdt", "--feeds", "trades",
-                            "--ws-url", f"ws://127.0.0.1:{ws_port}", "--push", pipeline.ingest_endpoint, "--hwm", "5",
+                            "--ws-url", f"ws://127.0.0.1:{ws_port}", "--push", pipeline.ingest_endpoint,
                             "--zmq-curve-secret-key-file", str(keys.intruder_secret),
                             "--zmq-curve-server-key-file", str(keys.check_public))
     for process in (check, ingest):
         wait_for(lambda p=process: p.ready() or p.popen.poll() is not None, 30, what=f"{process.name} ready")
         assert process.popen.poll() is None, process.output()
-    # the refused ingest keeps reading its exchange; its queue fills and every drop is counted
+    # the refused ingest keeps reading its exchange, says why nothing gets through, and counts every drop
+    wait_for(lambda: "refused the CURVE handshake (key not authorized)" in ingest.output(), 30,
+             what="ingest saying check refused its key")
     wait_for(lambda: ingest.health()["messages_dropped"] > 0, 30, what="ingest counting what it cannot deliver")
     assert ingest.health()["degraded_reason"] == "backpressure"
     assert received(check) == 0
+    assert check.stop()[0] == 0
+
+    # the operator authorizes the key and restarts check; the same ingest process gets in
+    shutil.copy(keys.intruder_public, keys.authorized)
+    check = pipeline.start("check-2", "check", *check_args)
+    wait_for(lambda: check.ready() or check.popen.poll() is not None, 30, what="check-2 ready")
+    wait_for(lambda: received(check) > 0, 30, what="the newly authorized ingest's records in check")
     assert check.stop()[0] == 0 and ingest.stop()[0] == 0
 
 
