@@ -269,9 +269,13 @@ class Run:
             if a["t"] <= sample["t"] <= b["t"] and all(sample.get(s) for s in STAGES):
                 accepted = sample["ingest"]["received"] - sample["ingest"]["dropped"] - sample["check"]["dropped"]
                 points.append((sample["t"] - a["t"], accepted - sample["persist"]["committed"]))
-        half = [p for p in points if p[0] >= seconds / 2]
         result["backlog_end"] = points[-1][1] if points else None
-        result["backlog_slope"] = common.slope(half)
+        result["backlog_slope"] = common.slope(points)
+        # growth = mean of the last third minus mean of the first third: averaging many samples cancels
+        # the saw-tooth of batch commits (one BATCH_INTERVAL of records at a time)
+        first = [b for t, b in points if t <= seconds / 3]
+        last = [b for t, b in points if t >= seconds * 2 / 3]
+        result["backlog_growth"] = (sum(last) / len(last) - sum(first) / len(first)) if first and last else None
         return result
 
     def stop(self) -> dict:
@@ -443,11 +447,13 @@ def _unsustainable_reason(result: dict) -> str | None:
     if dropped:
         return f"{dropped:,.0f} dropped"
     rate = result["committed_rate"] or 1.0
+    allowance = rate * (result["batch_interval"] + 1.0) + 5000  # one batch in flight and one being inserted
+    growth = result.get("backlog_growth")
+    if result.get("window_seconds", 0) >= 15 and growth is not None:
+        if growth > allowance:
+            return f"backlog grew by {growth:,.0f} records over the window (persist falls behind)"
+        return None
     backlog_end = result.get("backlog_end") or 0
-    if backlog_end > rate * (result["batch_interval"] + 1.0) + 5000:
+    if backlog_end > 2 * allowance:
         return f"backlog {backlog_end:,.0f} records at the end of the window"
-    # a trend needs a long enough window: committed moves in steps of one batch (BATCH_INTERVAL)
-    slope = result.get("backlog_slope")
-    if slope is not None and result.get("window_seconds", 0) >= 20 and slope > 0.02 * rate:
-        return f"backlog growing {slope:,.0f} records/s"
     return None

@@ -116,19 +116,21 @@ def check(seconds: float) -> dict:
             "stage_per_s": checked / (check_time + decode_time), "records": checked}
 
 
-def _wire_messages(first_id: int, count: int, per_message: int = 512) -> list[list]:
-    """Wire messages of ``count`` fresh trades, decoded as persist sees them: [rows, data]."""
+def _wire_messages(first_id: int, count: int, per_message: int = 512, books: bool = False) -> list[list]:
+    """Wire messages of ``count`` fresh trades (or depth20 books), decoded as persist sees them: [rows, data]."""
     import orjson
 
     from pipeline.records import RECORDS, decode_headers, encode_records
 
-    datas = payloads("btcusdt@trade", count, first_id)
+    datas = payloads("btcusdt@depth20@100ms" if books else "btcusdt@trade", count, first_id)
+    data_type = "orderbook" if books else "trade"
     now = time.time_ns() // 1000
     out = []
     for start in range(0, count, per_message):
         chunk = datas[start:start + per_message]
-        headers = [("binance", "btcusdt", "trade", str(first_id + start + j), now, now - 5000, first_id + start + j,
-                    first_id + start + j - 1, False, "1.0.1", len(d)) for j, d in enumerate(chunk)]
+        headers = [("binance", "btcusdt", data_type, str(first_id + start + j), now, None if books else now - 5000,
+                    first_id + start + j, None if books else first_id + start + j - 1, False, "1.0.1", len(d))
+                   for j, d in enumerate(chunk)]
         frames = encode_records(headers, chunk)
         rows = decode_headers([RECORDS, frames[1], frames[2]])
         out.append([rows, frames[2]])
@@ -227,6 +229,32 @@ def persist(total_keys: int, batch_rows: int, folder: Path, moto_port: int | Non
     return result
 
 
+def persist_books(total_rows: int, batch_rows: int, folder: Path) -> dict:
+    """``Store.insert`` of depth20 book rows (~1.37 KB of raw JSON each) into a fresh store."""
+    import pyarrow as pa
+
+    from pipeline.storage import SNAPSHOT_SCHEMA, Store, batch_from_wire
+
+    folder.mkdir(parents=True, exist_ok=True)
+    store = Store(folder / "collector.duckdb", "1GB", 3600.0)
+    insert = _inserter(store)
+    rows = 0
+    seconds = 0.0
+    next_id = 40_000_000_000
+    try:
+        while rows < total_rows:
+            messages = _wire_messages(next_id, batch_rows, books=True)
+            next_id += batch_rows
+            table = pa.Table.from_batches([batch_from_wire(r, d) for r, d in messages], schema=SNAPSHOT_SCHEMA)
+            started = time.perf_counter()
+            rows += insert(table)
+            seconds += time.perf_counter() - started
+    finally:
+        store.close()
+    return {"rows": rows, "batch_rows": batch_rows, "rows_per_s": rows / seconds if seconds else None,
+            "mb_per_s": rows * 1368 / 2**20 / seconds if seconds else None}
+
+
 def start_moto() -> tuple[subprocess.Popen, int]:
     port = common.free_port()
     process = subprocess.Popen([common.python(), "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -274,11 +302,13 @@ def archive(files: list[Path], port: int, folder: Path, extra_mb: int) -> dict:
             "put_mb_per_s": total_bytes / 2**20 / put_seconds, "verify_seconds": verify_seconds}
 
 
-def run_all(seconds: float, total_keys: int, batch_rows: int, archive_extra_mb: int, moto_port: int | None) -> dict:
+def run_all(seconds: float, total_keys: int, batch_rows: int, archive_extra_mb: int, moto_port: int | None,
+            book_rows: int = 300_000, book_batch: int = 15_000) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="bench-micro-"))
     try:
         out = {"parse": parse(seconds), "check": check(seconds)}
         out["persist"] = persist(total_keys, batch_rows, folder, moto_port, archive_extra_mb)
+        out["persist_books"] = persist_books(book_rows, book_batch, folder / "books")
         return out
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -29,9 +29,30 @@ TARGETS = {
     "persist": 150_000, "rss_growth_mb": 1.0,
 }
 FULL = dict(runs=3, duration=60.0, warmup=3.0, ceiling_seconds=10.0, zmq_seconds=5.0, micro_seconds=1.0,
-            persist_keys=3_000_000, persist_batch=60_000, archive_extra_mb=32, probe_seconds=20.0, search_steps=5)
+            persist_keys=3_000_000, persist_batch=60_000, archive_extra_mb=32, probe_seconds=20.0, search_steps=5,
+            book_rows=300_000, book_batch=15_000)
 QUICK = dict(runs=1, duration=3.0, warmup=1.0, ceiling_seconds=0.5, zmq_seconds=0.5, micro_seconds=0.1,
-             persist_keys=60_000, persist_batch=20_000, archive_extra_mb=2, probe_seconds=2.0, search_steps=1)
+             persist_keys=60_000, persist_batch=20_000, archive_extra_mb=2, probe_seconds=2.0, search_steps=1,
+             book_rows=20_000, book_batch=10_000)
+
+
+def code_state() -> dict:
+    """The code being measured: git HEAD, uncommitted changes and a hash of stages/ and pipeline/ as they are."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for folder in ("stages", "pipeline", "benchmarks"):
+        for path in sorted((common.REPO / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(common.REPO)).encode() + b"\0" + path.read_bytes())
+
+    def git(*argv: str) -> str:
+        try:
+            return subprocess.run(["git", *argv], cwd=common.REPO, capture_output=True, timeout=10).stdout.decode().strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+
+    dirty = [line for line in git("status", "--porcelain", "--", "stages", "pipeline").splitlines() if line.strip()]
+    return {"head": git("rev-parse", "--short", "HEAD") or "?", "uncommitted_files": len(dirty), "hash": digest.hexdigest()[:12]}
 
 
 def log(message: str) -> None:
@@ -143,8 +164,9 @@ def measure_e2e(s: dict) -> dict:
 def search_max_rate(s: dict, feed: str, unthrottled: list[dict]) -> dict:
     """Bisects the generator's rate for the highest one with 0 drops and no growing backlog, then
     holds it for the full duration (``runs`` times); steps down 15 % if that fails."""
-    hi = median(r.get("ingest_rate") for r in unthrottled) or 0.0
-    committed = median(r.get("committed_rate") for r in unthrottled) or 0.0
+    # the best unthrottled run bounds the search (a busy machine slows the others down)
+    hi = max((r.get("ingest_rate") or 0.0 for r in unthrottled), default=0.0)
+    committed = max((r.get("committed_rate") or 0.0 for r in unthrottled), default=0.0)
     lo = 0.0
     probes = []
     rate = 0.9 * committed if committed else hi / 2
@@ -212,7 +234,8 @@ def measure_micro(s: dict) -> list[dict]:
         for i in range(s["runs"]):
             log(f"micro: parse, check, persist ({s['persist_keys']:,} keys), seal, archive; run {i + 1}/{s['runs']}")
             await_quiet(s)
-            runs.append(micro.run_all(s["micro_seconds"], s["persist_keys"], s["persist_batch"], s["archive_extra_mb"], port))
+            runs.append(micro.run_all(s["micro_seconds"], s["persist_keys"], s["persist_batch"], s["archive_extra_mb"], port,
+                                      s["book_rows"], s["book_batch"]))
     finally:
         if moto is not None:
             moto.terminate()
@@ -307,7 +330,7 @@ def expected_row_keys() -> list[str]:
     keys += [f"ceiling.zmq.{mode}.{size}" for mode, size in ZMQ_CASES]
     keys += [f"micro.parse.{name}.{kind}" for name in EXCHANGES for kind in ("trade", "book")]
     keys += ["micro.check", "micro.persist.receive"] + [f"micro.persist.insert.{k}" for k in range(3)]
-    keys += ["micro.seal", "micro.archive"]
+    keys += ["micro.persist.books", "micro.seal", "micro.archive"]
     keys += [f"memory.{feed}.{proc}" for feed in FEEDS for proc in PROCESSES]
     keys += [f"latency.{feed}" for feed in FEEDS]
     return keys
@@ -437,6 +460,10 @@ def build_table(res: dict, s: dict) -> Table:
         t.add(f"micro.persist.insert.{k}", f"persist insert (dedup), stored_keys {span}, rows/s", fmt(value), spread(rates),
               f">= {TARGETS['persist']:,}", value is not None and value >= TARGETS["persist"],
               f"Store.insert, {fmt(s['persist_batch'])}-row Arrow tables" + (f"; all-duplicate batch {fmt(dup)}/s" if k == 2 else ""))
+    books = [(m.get("persist_books") or {}).get("rows_per_s") for m in mic]
+    book_mb = median((m.get("persist_books") or {}).get("mb_per_s") for m in mic)
+    t.add("micro.persist.books", "persist insert (dedup), book rows, rows/s", fmt(median(books)), spread(books), "", None,
+          f"depth20 rows (1.37 KB), {fmt(s['book_batch'])}-row tables, {fmt(s['book_rows'])} rows: {fmt(book_mb, 1)} MB/s of JSON")
     seals = [((m.get("persist") or {}).get("seal") or {}).get("rows_per_s") for m in mic]
     t.add("micro.seal", "seal to Parquet (Store.seal), rows/s", fmt(median(seals)), spread(seals), "", None,
           f"{fmt(s['persist_keys'])} rows, zstd")
@@ -546,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
              quick=args.quick, wait_quiet=args.wait_quiet)
     sections = {x.strip() for x in args.only.split(",") if x.strip()}
     started = time.time()
-    res: dict = {"machine": common.machine(), "versions": common.versions(), "settings": s}
+    res: dict = {"machine": common.machine(), "versions": common.versions(), "settings": s, "code": code_state()}
     log(f"benchmark suite: {'quick' if args.quick else 'full'} run, {s['runs']} run(s) per figure")
     if "ceiling" in sections:
         res["ceiling"] = measure_ceilings(s)
@@ -559,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         res["profile"] = measure_profile(s, args.profile)
     res["seconds"] = time.time() - started
+    res["code_after"] = code_state()
     res["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     table = build_table(res, s)
     res["table"] = table.rows
@@ -567,6 +595,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {m['cores']} cores, {m['cpu_model']}, {m['memory_gib']} GiB, {m['os']}; "
           f"load average {m['load_average'][0]} before, {res['load_average_after'][0]} after")
     print("versions: " + ", ".join(f"{k} {val}" for k, val in v.items()))
+    code, after = res["code"], res["code_after"]
+    print(f"code: {common.REPO} at {code['head']}, {code['uncommitted_files']} uncommitted file(s) in stages/ pipeline/, "
+          f"source hash {code['hash']}" + ("" if after["hash"] == code["hash"]
+                                           else f" -- CHANGED DURING THE RUN (now {after['head']}, {after['hash']})"))
     print(f"settings: {s['runs']} run(s) per figure (median shown), e2e window {s['duration']:g} s"
           f"{' (--quick)' if args.quick else ''}, BATCH_INTERVAL {s['batch_interval']:g} s, "
           f"suite took {res['seconds'] / 60:.1f} min")

@@ -105,9 +105,26 @@ def decode_events(frames: Sequence[bytes]) -> list[dict]:
         events = orjson.loads(frames[1])
     except orjson.JSONDecodeError as exc:
         raise WireError(f"bad events frame: {exc}") from None
-    if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-        raise WireError("events frame is not a list of objects")
+    if not isinstance(events, list) or not all(_valid_event(e) for e in events):
+        raise WireError("events frame is not a list of gap-log rows")
     return events
+
+
+_INT64 = range(-(1 << 63), 1 << 63)
+_EVENT_TEXT = ("kind", "exchange", "symbol", "data_type")
+
+
+def _valid_event(event: object) -> bool:
+    """A row the gaps table takes: one bad row must not wedge persist's insert (and its replay) forever."""
+    if type(event) is not dict or event.keys() != _EVENT_FIELDS:
+        return False
+    if not all(type(event[name]) is str for name in _EVENT_TEXT):
+        return False
+    if not all(event[name] is None or type(event[name]) is str for name in ("expected", "received")):
+        return False
+    if type(event["start_time"]) is not int or event["start_time"] not in _INT64:
+        return False
+    return all(event[name] is None or (type(event[name]) is int and event[name] in _INT64) for name in ("missing", "end_time"))
 
 
 def gap_event(
@@ -138,3 +155,6 @@ def gap_event(
         "start_time": start_time,
         "end_time": end_time,
     }
+
+
+_EVENT_FIELDS = gap_event("", "", "", "", 0, None).keys()

@@ -149,6 +149,7 @@ class SequenceTracker:
         if stream.epoch != epoch or snapshot or stream.newest is None:
             if stream.epoch != epoch:
                 self._confirm_all(key, stream)
+                self._lost_with_a_process(key, stream, seq, prev, epoch, received_us, received_id)
             stream.epoch, stream.newest, stream.newest_time = epoch, seq, received_us
             return OK
         if seq <= stream.newest:
@@ -168,6 +169,23 @@ class SequenceTracker:
                 self._confirm(key, stream.pending.pop(0), kind)
         stream.newest, stream.newest_time = seq, received_us
         return OK
+
+    def _lost_with_a_process(self, key: tuple, stream: _Stream, seq: int, prev: int | None, epoch: str,
+                             received_us: int, received_id: str) -> None:
+        """A stream now comes from another ingest process (``epoch`` is ``pid.connection.n``): the old
+        one died without writing its outage row, so the tracker writes it, with the missing ids
+        where the feed's ids are contiguous."""
+        if stream.epoch is None or stream.newest is None or epoch.count(".") != 2 or stream.epoch.count(".") != 2:
+            return  # not ingest's ``pid.connection.n`` form: no process to tell apart
+        if stream.epoch.split(".")[0] == epoch.split(".")[0]:
+            return
+        missing = None
+        if stream.kind is Semantics.CONTIGUOUS and prev is not None and prev > stream.newest:
+            missing = prev - stream.newest
+        exchange, symbol, data_type = key
+        self._confirmed.append(gap_event("disconnect", exchange, symbol, data_type, stream.newest_time, received_us,
+                                         expected=str(stream.newest + 1) if missing else None, received=received_id,
+                                         missing=missing))
 
     def _fill(self, stream: _Stream, seq: int, prev: int | None, kind: Semantics) -> None:
         """A late record fills (part of) a pending gap."""

@@ -28,6 +28,7 @@ def test_quick_suite_prints_the_table_with_every_row_and_no_error(tmp_path):
 
     lines = out.splitlines()
     assert lines[0].startswith("machine: ") and "cores" in lines[0]
+    assert lines[2].startswith("code: ")
     for package in ("python", "pyzmq", "websocket-client", "duckdb", "pyarrow", "orjson"):
         assert f"{package} " in lines[1], lines[1]
 

@@ -70,8 +70,9 @@ def outbox_files(pipeline: Pipeline) -> list[Path]:
 
 
 def test_a_slow_s3_still_gets_every_file_uploaded_and_verified(tmp_path, moto):
-    """0.1 s before every 16 KB in both directions (a ~150 KB/s link): slower, never a failure."""
-    proxy = LatencyProxy(moto.port, delay=0.1)
+    """0.25 s before every 4 KB in both directions (a ~16 KB/s link, every request and answer delayed):
+    slower, never a failure."""
+    proxy = LatencyProxy(moto.port, delay=0.25, chunk=4096)
     endpoint = f"http://127.0.0.1:{proxy.port}"
     s3_client(f"http://127.0.0.1:{moto.port}").create_bucket(Bucket="slow-bucket")
     pipeline = Pipeline(tmp_path)
@@ -92,7 +93,7 @@ def test_a_slow_s3_still_gets_every_file_uploaded_and_verified(tmp_path, moto):
     objects = {o["Key"]: o["Size"] for o in s3_client(f"http://127.0.0.1:{moto.port}").list_objects_v2(Bucket="slow-bucket")["Contents"]}
     assert objects == sizes
     assert archived_rows(f"http://127.0.0.1:{moto.port}", "slow-bucket") == (3000 * len(SYMBOLS),) * 2
-    figures = {"files": len(files), "bytes": sum(sizes.values()), "delay_per_16k_chunk_s": 0.1,
+    figures = {"files": len(files), "bytes": sum(sizes.values()), "delay_per_4k_chunk_s": 0.25,
                "seconds_to_empty_outbox": round(elapsed, 1), "upload_seconds_sum": round(upload_sum, 1),
                "proxied_chunks": proxy.chunks, "lost": 0}
     print(figures)
@@ -105,11 +106,12 @@ def test_s3_answering_500_and_503_is_retried_counted_and_the_files_kept_until_up
     InternalError for ~12 s, then served: retried with archive's backoff and counted, every file
     kept until uploaded and verified."""
     proxy = ErrorProxy(moto.port, methods=methods)
+    bucket = "error-bucket-" + ("uploads" if methods else "all")
     endpoint = f"http://127.0.0.1:{proxy.port}"
-    s3_client(f"http://127.0.0.1:{moto.port}").create_bucket(Bucket="error-bucket")
+    s3_client(f"http://127.0.0.1:{moto.port}").create_bucket(Bucket=bucket)
     pipeline = Pipeline(tmp_path)
     files = seal_files(pipeline.data_dir, 500)
-    s3_env(pipeline, endpoint, "error-bucket")
+    s3_env(pipeline, endpoint, bucket)
     proxy.failing.set()
     archive = pipeline.start("archive", "archive")
     try:
@@ -135,7 +137,7 @@ def test_s3_answering_500_and_503_is_retried_counted_and_the_files_kept_until_up
     finally:
         pipeline.close()
         proxy.close()
-    assert archived_rows(f"http://127.0.0.1:{moto.port}", "error-bucket") == (500 * len(SYMBOLS),) * 2
+    assert archived_rows(f"http://127.0.0.1:{moto.port}", bucket) == (500 * len(SYMBOLS),) * 2
     figures = {"files": len(files), "http_errors_served": proxy.failed, "retries_counted": retries,
                "archive_failures_counted": failures, "seconds_to_empty_outbox_after_errors_stop": round(recovery, 1),
                "lost": 0}
@@ -183,6 +185,7 @@ def test_s3_down_for_minutes_under_a_live_persist_loses_nothing(tmp_path, moto):
         assert waiting >= len(SYMBOLS) * 2, "files must wait in the outbox while S3 is down"
         retries, failures = (archive.metric("collector_s3_upload_retries_total"),
                              archive.metric("collector_s3_upload_failures_total"))
+        failed_cycles = archive.metric("collector_archive_failures_total")
         assert retries > 0 and failures > 0
         proxy.up()
         back_at = time.monotonic()
@@ -193,9 +196,9 @@ def test_s3_down_for_minutes_under_a_live_persist_loses_nothing(tmp_path, moto):
         feeder.close()
         pipeline.close()
         proxy.close()
-    assert archived_rows(endpoint, "outage-bucket") == (sent * len(SYMBOLS),) * 2
+    assert archived_rows(f"http://127.0.0.1:{moto.port}", "outage-bucket") == (sent * len(SYMBOLS),) * 2
     figures = {"down_secs": down_secs, "records": sent * len(SYMBOLS), "files_waiting_at_end_of_outage": waiting,
-               "upload_retries": retries, "upload_failures": failures,
+               "upload_retries": retries, "upload_failures": failures, "archive_failures": failed_cycles,
                "seconds_to_empty_outbox_after_s3_back": round(recovery, 1), "lost": 0}
     print(figures)
     write_report("s3_down_minutes", figures)

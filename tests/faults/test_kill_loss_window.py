@@ -60,7 +60,7 @@ def restart(pipeline: Pipeline, name: str, *args: str):
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: records in persist's ZeroMQ receive queue at a kill -9 are lost without "
-                   "a gap row (check already passed them as ok); see docs/resilience.md, 'silent loss at persist'")
+                   "a gap row (check already passed them as ok); docs/resilience.md bug 1")
 def test_persist_killed_with_records_in_flight_counts_what_it_lost(pipeline):
     start_downstream(pipeline)
     records = trade_records(SYMBOLS, 6000)
@@ -89,7 +89,7 @@ def test_persist_killed_with_records_in_flight_counts_what_it_lost(pipeline):
 
 
 @pytest.mark.xfail(strict=True, reason="BUG: records in check's ZeroMQ receive queue at a kill -9 are lost without a "
-                   "gap row (the restarted check starts every stream afresh); see docs/resilience.md, 'silent loss at check'")
+                   "gap row (the restarted check starts every stream afresh); docs/resilience.md bug 1")
 def test_check_killed_with_records_in_flight_counts_what_it_lost(pipeline):
     start_downstream(pipeline)
     records = trade_records(SYMBOLS, 6000)
@@ -116,9 +116,6 @@ def test_check_killed_with_records_in_flight_counts_what_it_lost(pipeline):
     assert all(f["missing"] == f["counted"] for f in found.values()), f"silent loss: {found}"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: frames ingest had received but not pushed at a kill -9 are lost without a "
-                   "gap or disconnect row (the restarted ingest starts a new epoch, and nobody reports the outage); "
-                   "see docs/resilience.md, 'silent loss at ingest'")
 def test_ingest_killed_with_frames_in_flight_counts_what_it_lost(pipeline, tmp_path):
     _, port = pipeline.simulator("binance", "--seed", "3", "--rate", "500")
     pipeline.stages("binance", port, "btcusdt,ethusdt", "trades")

@@ -187,8 +187,7 @@ def analyse(root: Path, kills: list[dict], drops: dict[str, int]) -> dict:
     for rows in okx_per_symbol.values():
         received_at = dict(rows)
         for run in _runs(missing_ids([i for i, _ in rows])):
-            before, after = received_at[run[0] - 1], received_at[run[-1] + 1]
-            owner = next((k for k in kills if before - 2_000_000 <= k["at_us"] <= after + 2_000_000), None)
+            owner = _owner(kills, received_at[run[0] - 1], received_at[run[-1] + 1])
             if owner is not None:
                 owner["okx_lost"] += len(run)
     per_symbol: dict[str, list[tuple[int, int]]] = {}
@@ -200,8 +199,7 @@ def analyse(root: Path, kills: list[dict], drops: dict[str, int]) -> dict:
         counted = counted_by_gap_rows(missing, [(e, m) for s, e, m in gap_rows if s == symbol])
         for run in _runs(missing):
             before, after = received_at[run[0] - 1], received_at[run[-1] + 1]
-            # the kill happened between the last record stored before the run and the first after it
-            owner = next((k for k in kills if before - 2_000_000 <= k["at_us"] <= after + 2_000_000), None)
+            owner = _owner(kills, before, after)
             if owner is None:
                 unattributed += len(run)
                 continue
@@ -224,6 +222,14 @@ def analyse(root: Path, kills: list[dict], drops: dict[str, int]) -> dict:
     return {"rows_stored": total, "rows_in_archive": in_archive, "rows_left_in_duckdb": in_duckdb,
             "duplicates": total - distinct, "trades_stored": len(trades), "okx_trades_stored": len(okx_trades), "unattributed_lost": unattributed,
             "drops_counted": drops, "by_stage": by_stage, "kills": kills}
+
+
+def _owner(kills: list[dict], before: int, after: int) -> dict | None:
+    """The kill that cost a run of ids: it happened after the last record stored before the run
+    (give or take the second the in-flight records took) and before the first one stored after it;
+    of several (two kills in a row), the one closest to the last record before the run."""
+    candidates = [k for k in kills if before - 1_000_000 <= k["at_us"] <= after + 500_000]
+    return min(candidates, key=lambda k: abs(k["at_us"] - before)) if candidates else None
 
 
 def _runs(ids: list[int]) -> list[list[int]]:
