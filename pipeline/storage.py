@@ -52,6 +52,7 @@ KEYS_DDL = """CREATE TABLE IF NOT EXISTS stored_keys (
     exchange VARCHAR, symbol VARCHAR, data_type VARCHAR, exchange_sequence_id VARCHAR, seen_at BIGINT)"""
 STATE_DDL = "CREATE TABLE IF NOT EXISTS persist_state (name VARCHAR PRIMARY KEY, value BIGINT)"
 KEY = "exchange, symbol, data_type, exchange_sequence_id"
+CHECKPOINT_THRESHOLD = "1GB"
 
 
 class StoreLocked(Exception):
@@ -93,6 +94,9 @@ class Store:
             raise
         self.con.execute(f"SET memory_limit = '{memory_limit}'")
         self.con.execute("SET preserve_insertion_order = false")
+        # Checkpoints run at each seal (and when the WAL reaches this size), not inside a batch's
+        # COMMIT, where they were most of the insert's time (measured: books 31 k -> 104 k rows/s).
+        self.con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         self.dedup_window_us = int(dedup_window_secs * 1e6)
         for ddl in (SNAPSHOTS_DDL, GAPS_DDL, KEYS_DDL, STATE_DDL):
             self.con.execute(ddl)
@@ -172,6 +176,7 @@ class Store:
         if cutoff is not None:
             horizon = cutoff - self.dedup_window_us - int(archive_interval_secs * 1e6)
             con.execute("DELETE FROM stored_keys WHERE seen_at < ?", [horizon])
+        con.execute("CHECKPOINT")
         return files
 
     def recover(self, outbox: Path, server: str) -> list[Path]:
