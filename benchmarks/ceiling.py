@@ -66,7 +66,7 @@ def _batched_message(size: int, records: int = 512) -> list[bytes]:
 
     datas = payloads("btcusdt@trade" if size < 600 else "btcusdt@depth20@100ms", records)
     now = time.time_ns() // 1000
-    headers = [("binance", "btcusdt", "trade", str(i), now, now, i, i - 1, False, "1.0.1", len(d))
+    headers = [("binance", "btcusdt", "trade", str(i), now, now, i, i - 1, False, "1.0.1", len(d), i)
                for i, d in enumerate(datas, 1)]
     return encode_records(headers, datas)
 

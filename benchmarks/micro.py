@@ -83,7 +83,7 @@ def parse(seconds: float) -> dict:
 
 def _trade_rows(first_id: int, count: int, epoch: str) -> list[list]:
     now = time.time_ns() // 1000
-    return [["binance", "btcusdt", "trade", str(i), now, now - 5000, i, i - 1, False, epoch, 172]
+    return [["binance", "btcusdt", "trade", str(i), now, now - 5000, i, i - 1, False, epoch, 172, i]
             for i in range(first_id, first_id + count)]
 
 
@@ -129,8 +129,8 @@ def _wire_messages(first_id: int, count: int, per_message: int = 512, books: boo
     for start in range(0, count, per_message):
         chunk = datas[start:start + per_message]
         headers = [("binance", "btcusdt", data_type, str(first_id + start + j), now, None if books else now - 5000,
-                    first_id + start + j, None if books else first_id + start + j - 1, False, "1.0.1", len(d))
-                   for j, d in enumerate(chunk)]
+                    first_id + start + j, None if books else first_id + start + j - 1, False, "1.0.1", len(d),
+                    first_id + start + j) for j, d in enumerate(chunk)]
         frames = encode_records(headers, chunk)
         rows = decode_headers([RECORDS, frames[1], frames[2]])
         out.append([rows, frames[2]])

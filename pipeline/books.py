@@ -19,8 +19,8 @@ is stale and skipped (Binance depth20), so a snapshot feed's book is its newest 
 
 Validity: the book is unknown (``valid`` false, every level NULL) -
   * before the first snapshot (reading starts at the last snapshot at or before the first sample);
-  * from ``start_time`` to ``end_time`` of every ``gaps`` row of kind ``resync``, ``disconnect`` or
-    ``gap`` for this stream's order book; at ``start_time`` the book is also dropped, so on a delta
+  * from ``start_time`` to ``end_time`` of every ``gaps`` row of kind ``resync``, ``disconnect``,
+    ``gap`` or ``lost`` for this stream's order book; at ``start_time`` the book is also dropped, so on a delta
     feed it stays unknown until the next snapshot (what was missed is never learned from deltas);
   * after a broken chain the archive itself shows (OKX ``prevSeqId`` differs from the last
     ``seqId``, Bybit ``u`` is not the last + 1) or a row that cannot be decoded, until the next
@@ -51,7 +51,7 @@ from pipeline.checksum import OKX_DEPTH, okx_checksum
 from pipeline.exchanges.base import SNAPSHOT_ID_SUFFIX
 from pipeline.orderbook import SNAPSHOT, Book, BookDecodeError, decode
 
-INVALIDATING_KINDS = ("resync", "disconnect", "gap")
+INVALIDATING_KINDS = ("resync", "disconnect", "gap", "lost")
 # the update id of a stored book row (a snapshot's id is "<update id>:snapshot")
 NUMERIC_ID = f"TRY_CAST(split_part(exchange_sequence_id, '{SNAPSHOT_ID_SUFFIX}', 1) AS BIGINT)"
 SEQ_ORDERED = ("okx", "bybit")  # delta feeds whose numeric update ids give the exchange's order

@@ -145,6 +145,10 @@ DB_SNAPSHOTS_WRITTEN = _declare(Counter, "collector_db_snapshots_written_total",
 DB_DUPLICATES_SKIPPED = _declare(
     Counter, "collector_db_duplicates_skipped_total", "Records already stored (reconnect repeats), not stored again", (), (PERSIST,)
 )
+RECORDS_LOST = _declare(
+    Counter, "collector_records_lost_total",
+    "Records ingest sent that never reached persist (dropped at a high-water mark, or in a killed stage's queue)",
+    STREAM, (PERSIST,))
 DB_INSERT_ERRORS = _declare(Counter, "collector_db_insert_errors_total", "Failed inserts by category", ("error_type",), (PERSIST,))
 SEALS_COMPLETED = _declare(Counter, "collector_seals_completed_total", "Seals of DuckDB rows into outbox Parquet files", (), (PERSIST,))
 ROWS_SEALED = _declare(Counter, "collector_rows_sealed_total", "Rows moved from DuckDB into outbox files", ("table",), (PERSIST,))

@@ -10,7 +10,12 @@ the hop). It has three frames:
 The raw JSON is never decoded after ingest: check reads only frame 1 and forwards the frames as they
 came, and persist turns frame 2 into an Arrow string column without copying each record.
 
-Events (rows of the ``gaps`` table: sequence gaps, disconnects, book resyncs) travel as
+Each header carries the record's ``number`` in its stream on its connection (1, 2, 3, ... per
+exchange/symbol/data type and epoch, given by ingest): persist sees from a jump in these numbers how
+many records went missing between ingest and itself (a drop at a high-water mark, a queue lost with a
+killed check or persist) and writes a ``lost`` row, so that no loss in the pipeline is silent.
+
+Events (rows of the ``gaps`` table: sequence gaps, disconnects, book resyncs, lost records) travel as
 ``[b"E", orjson array of event objects]`` along the same sockets.
 
 Timestamps are integer microseconds since the Unix epoch everywhere.
@@ -42,6 +47,7 @@ class Header(NamedTuple):
     snapshot: bool  # starts a fresh chain (book snapshot); never a gap
     epoch: str  # one connection of one ingest process; a new epoch is never a gap
     size: int  # bytes of ``data`` in frame 2
+    number: int  # 1, 2, 3, ... per stream and epoch: a jump tells persist that records were lost on the way
 
 
 class Record(NamedTuple):
@@ -55,6 +61,9 @@ class Record(NamedTuple):
     seq: int | None = None
     prev: int | None = None
     snapshot: bool = False
+
+
+HEADER_LENGTH = len(Header._fields)
 
 
 def now_us() -> int:
@@ -87,7 +96,7 @@ def decode_headers(frames: Sequence[bytes]) -> list[list]:
     # The shape is checked here; field types by the consumers (check catches type errors, Arrow
     # refuses them in persist), so the hot path does not pay a Python check per field.
     try:
-        sizes = [row[10] for row in rows if type(row) is list and len(row) == 11]
+        sizes = [row[10] for row in rows if type(row) is list and len(row) == HEADER_LENGTH]
     except TypeError:
         raise WireError("bad header row") from None
     if len(sizes) != len(rows) or not all(type(size) is int and size >= 0 for size in sizes):
@@ -142,7 +151,8 @@ def gap_event(
 
     kind ``gap``: ids were skipped (``missing`` of them, when the feed says how many);
     ``disconnect``: the connection carrying the stream was down; ``resync``: the order book was
-    unknown between a broken chain and the fresh snapshot.
+    unknown between a broken chain and the fresh snapshot; ``lost``: ``missing`` records that ingest
+    received never reached persist (between the records with ids ``expected`` and ``received``).
     """
     return {
         "kind": kind,

@@ -18,6 +18,8 @@ Definitions (also printed at the foot of the report):
   ``cadence_secs`` after which ingest calls the stream stale), including the stretch from the period's
   start to the first record and from the last record to the period's end, less the time a gap,
   outage or resync row explains (what is left must still be longer than the cadence).
+- gaps: the gap log's ``gap`` rows (ids the exchange skipped) and ``lost`` rows (records lost inside
+  the pipeline), with their ``missing`` counts.
 - coverage: the share of the period covered by none of the stream's gap, outage (``disconnect``),
   book-unknown (``resync``) or silent intervals. A stream with nothing wrong has coverage 1.
 - verdict: the worst of: has outages > has gaps > book unknown intervals > silent intervals > complete.
@@ -308,7 +310,8 @@ def collect(con: duckdb.DuckDBPyConnection, selection: Selection, files: Sequenc
                min(timestamp_collector) AS lo, max(timestamp_collector) AS hi
         FROM snapshots WHERE {where_records} GROUP BY ALL""", record_params)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE report_events AS
-        SELECT DISTINCT kind, exchange, symbol, data_type, expected, received, missing, start_time,
+        SELECT DISTINCT CASE kind WHEN 'lost' THEN 'gap' ELSE kind END AS kind,  -- lost in the pipeline: a gap too
+               exchange, symbol, data_type, expected, received, missing, start_time,
                coalesce(end_time, start_time) AS end_time
         FROM gaps WHERE {where_events}""", event_params)
 

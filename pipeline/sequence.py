@@ -114,7 +114,7 @@ class SequenceTracker:
         found = []
         streams: dict[tuple, _Stream] = {}
         verdict_of = self._verdict
-        for exchange, symbol, data_type, received_id, received_us, _, seq, prev, snapshot, epoch, _ in rows:
+        for exchange, symbol, data_type, received_id, received_us, _, seq, prev, snapshot, epoch, _, _ in rows:
             if seq is None:
                 continue
             key = (exchange, symbol, data_type)

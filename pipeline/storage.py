@@ -3,10 +3,12 @@
 Tables (``DATA_DIR/collector.duckdb``, opened by persist alone):
 
     snapshots    the SPEC table: rows not yet sealed
-    gaps         rows of the gap log (gap, disconnect, resync) not yet sealed
+    gaps         rows of the gap log (gap, disconnect, resync, lost, duplicate, out_of_order) not yet sealed
     stored_keys  the key of every row stored in the last DEDUP_WINDOW_SECS (+ an archive interval),
                  sealed or not: a reconnect repeat is not stored again, even after its original left
                  for the archive. Bounded in time on purpose (exchanges restart ids).
+    persist_state    the write-ahead-log generation of the last insert
+    stream_progress  how far each stream's record numbers got (``pipeline.losses``)
 
 Dedup is an anti-join against ``stored_keys`` instead of a UNIQUE index: an index costs 3-4x on
 insert and makes the seal's delete ~1000x slower than swapping a table.
@@ -51,6 +53,12 @@ GAPS_DDL = """CREATE TABLE IF NOT EXISTS gaps (
 KEYS_DDL = """CREATE TABLE IF NOT EXISTS stored_keys (
     exchange VARCHAR, symbol VARCHAR, data_type VARCHAR, exchange_sequence_id VARCHAR, seen_at BIGINT)"""
 STATE_DDL = "CREATE TABLE IF NOT EXISTS persist_state (name VARCHAR PRIMARY KEY, value BIGINT)"
+PROGRESS_SCHEMA = pa.schema([
+    ("exchange", pa.string()), ("symbol", pa.string()), ("data_type", pa.string()), ("epoch", pa.string()),
+    ("number", pa.int64()), ("received_at", pa.int64()), ("record_id", pa.string()),
+])
+PROGRESS_DDL = """CREATE TABLE IF NOT EXISTS stream_progress (
+    exchange VARCHAR, symbol VARCHAR, data_type VARCHAR, epoch VARCHAR, number BIGINT, received_at BIGINT, record_id VARCHAR)"""
 KEY = "exchange, symbol, data_type, exchange_sequence_id"
 CHECKPOINT_THRESHOLD = "1GB"
 
@@ -98,7 +106,7 @@ class Store:
         # COMMIT, where they were most of the insert's time (measured: books 31 k -> 104 k rows/s).
         self.con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
         self.dedup_window_us = int(dedup_window_secs * 1e6)
-        for ddl in (SNAPSHOTS_DDL, GAPS_DDL, KEYS_DDL, STATE_DDL):
+        for ddl in (SNAPSHOTS_DDL, GAPS_DDL, KEYS_DDL, STATE_DDL, PROGRESS_DDL):
             self.con.execute(ddl)
 
     def _scalar(self, sql: str, params: list | None = None):
@@ -114,9 +122,15 @@ class Store:
         """The write-ahead-log generation whose messages the last insert committed (0: none)."""
         return self._scalar("SELECT value FROM persist_state WHERE name = 'wal_generation'") or 0
 
-    def insert(self, table: pa.Table | None, events: list[dict], wal_generation: int) -> int:
-        """Stores, in one transaction, the records whose key was not stored before, the gap rows, and
-        the write-ahead-log generation they came from; returns how many records were new."""
+    def stream_progress(self) -> list[tuple]:
+        """What the last insert stored of ``pipeline.losses.LossTracker.rows``, oldest first."""
+        return self.con.execute("SELECT * FROM stream_progress ORDER BY received_at").fetchall()
+
+    def insert(self, table: pa.Table | None, events: list[dict], wal_generation: int,
+               progress: list[tuple] | None = None) -> int:
+        """Stores, in one transaction, the records whose key was not stored before, the gap rows, the
+        write-ahead-log generation they came from and, when given, how far each stream's numbers got
+        (``stream_progress``); returns how many records were new."""
         con = self.con
         inserted = 0
         if table is not None:
@@ -141,6 +155,12 @@ class Store:
                 rows = [tuple(event.get(field) for field in GAP_FIELDS) for event in events]
                 con.executemany(f"INSERT INTO gaps VALUES ({', '.join('?' * len(GAP_FIELDS))})", rows)
             con.execute("INSERT OR REPLACE INTO persist_state VALUES ('wal_generation', ?)", [wal_generation])
+            if progress is not None:
+                con.execute("DELETE FROM stream_progress")
+                con.register("progress", pa.Table.from_pylist(
+                    [dict(zip(PROGRESS_SCHEMA.names, row)) for row in progress], schema=PROGRESS_SCHEMA))
+                con.execute("INSERT INTO stream_progress SELECT * FROM progress")
+                con.unregister("progress")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

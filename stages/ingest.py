@@ -126,6 +126,7 @@ class Connection:
         breaker = ParseBreaker()
         books = BookGuard(self.exchange, self.conf.verify_book_checksum, self.conf.book_resync_min_interval_secs, timeout)
         headers: list[tuple] = []  # rows in ``Header`` field order
+        numbers: dict[tuple[str, str], int] = {}  # the last ``Header.number`` of each stream on this epoch
         datas: list[bytes] = []
         delivered = False
         retry_after: float | None = None
@@ -151,10 +152,12 @@ class Connection:
                         if parsed.records:
                             delivered = True
                             for r in parsed.records:
+                                stream = (r.symbol, r.data_type)
+                                number = numbers.get(stream, 0) + 1
+                                numbers[stream] = number
                                 headers.append((name, r.symbol, r.data_type, r.exchange_sequence_id, received,
-                                                r.timestamp_exchange, r.seq, r.prev, r.snapshot, epoch, len(r.data)))
+                                                r.timestamp_exchange, r.seq, r.prev, r.snapshot, epoch, len(r.data), number))
                                 datas.append(r.data)
-                                self.last_seen[(r.symbol, r.data_type)] = now
                             if books.active:
                                 for message_out in books.observe(parsed.records, received, now):
                                     ws.send(message_out)
@@ -178,7 +181,7 @@ class Connection:
                         logger.info("{} connection {} closed by the exchange", name, self.index)
                         break
                 if headers and (len(headers) >= FLUSH_RECORDS or now - last_flush >= FLUSH_SECS):
-                    self._flush(headers, datas)
+                    self._flush(headers, datas, now)
                     headers, datas = [], []
                     last_flush = now
                 elif not headers:
@@ -206,7 +209,7 @@ class Connection:
             logger.warning("{} connection {} lost: {}", name, self.index, exc or type(exc).__name__)
         finally:
             if headers:
-                self._flush(headers, datas)
+                self._flush(headers, datas, time.monotonic())
             self.up = self.subscribed = False
             self._connected_gauge.set(0)
             self.stale = []
@@ -224,12 +227,13 @@ class Connection:
             ws.send(message)
         self.subscribed = True
 
-    def _flush(self, headers: list[tuple], datas: list[bytes]) -> None:
+    def _flush(self, headers: list[tuple], datas: list[bytes], now: float) -> None:
         self.pusher.send(encode_records(headers, datas), len(headers))
         self.records += len(headers)
         counts = collections.Counter((h[1], h[2]) for h in headers)
         wall = int(time.time())
         for (symbol, data_type), count in counts.items():
+            self.last_seen[(symbol, data_type)] = now
             metrics.MESSAGES_RECEIVED.labels(stage="ingest", exchange=self.exchange.name, symbol=symbol, data_type=data_type).inc(count)
             metrics.LAST_MESSAGE_TIMESTAMP.labels(exchange=self.exchange.name, symbol=symbol, data_type=data_type).set(wall)
 

@@ -2,15 +2,18 @@
 
 The only process that opens the DuckDB file. Every BATCH_INTERVAL the records received since the
 last insert go in as one Arrow table; every ARCHIVE_INTERVAL_SECS (at once on SIGUSR1) the stored
-rows are sealed into outbox files for archive. On SIGTERM it drains what check already sent, inserts
+rows are sealed into outbox files for archive. Inserts and seals run on a thread of their own while
+the main loop keeps receiving; a batch waits while the one before it is still being written. On SIGTERM it drains what check already sent, inserts
 it, seals too if SEAL_ON_EXIT, and exits 0.
 """
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import click
@@ -21,7 +24,8 @@ from loguru import logger
 from pipeline import config as cfg
 from pipeline.crashpoints import crash_point
 from pipeline import health, logs, metrics
-from pipeline.records import EVENTS, RECORDS, WireError, decode_events, decode_headers
+from pipeline.losses import LossTracker
+from pipeline.records import EVENTS, RECORDS, WireError, decode_events, decode_headers, now_us
 from pipeline.storage import SNAPSHOT_SCHEMA, Store, StoreLocked, batch_from_wire
 from pipeline.transport import Puller
 from pipeline.wal import WriteAheadLog
@@ -39,12 +43,13 @@ def error_type(exc: Exception) -> str:
 
 
 class Buffer:
-    """Records and gap rows received since the last insert."""
+    """Records and gap rows received since the last insert, and the ``lost`` rows their numbers reveal."""
 
-    def __init__(self) -> None:
+    def __init__(self, losses: LossTracker) -> None:
         self.batches: list[pa.RecordBatch] = []
         self.events: list[dict] = []
         self.records = 0
+        self.losses = losses
 
     def add(self, frames: list) -> None:
         """Adds one wire message (its frames as bytes-like objects); WireError if it is not one."""
@@ -53,10 +58,18 @@ class Buffer:
             rows = decode_headers(frames)
             if rows:
                 try:
-                    self.batches.append(batch_from_wire(rows, frames[2]))
+                    batch = batch_from_wire(rows, frames[2])
                 except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
                     raise WireError(f"records do not fit the table: {exc}") from None
+                lost = self.losses.observe(rows)
+                self.batches.append(batch)
                 self.records += len(rows)
+                for event in lost:
+                    self.events.append(event)
+                    metrics.RECORDS_LOST.labels(exchange=event["exchange"], symbol=event["symbol"],
+                                                data_type=event["data_type"]).inc(event["missing"])
+                    logger.warning("lost on the way from ingest: {missing} {exchange}:{symbol}:{data_type} records "
+                                   "after id {expected}, before id {received}", **event)
                 for (exchange, symbol, data_type), count in _per_stream(rows).items():
                     metrics.MESSAGES_RECEIVED.labels(stage="persist", exchange=exchange, symbol=symbol, data_type=data_type).inc(count)
         elif kind == EVENTS:
@@ -73,14 +86,36 @@ def _per_stream(rows: list[list]) -> dict:
     return counts
 
 
+@dataclasses.dataclass
+class Batch:
+    """What one insert stores: the records and gap rows of write-ahead-log generations up to ``generation``."""
+
+    batches: list[pa.RecordBatch]
+    events: list[dict]
+    records: int
+    generation: int
+    progress: list[tuple]  # LossTracker.rows() after the last of these messages
+
+
 class Persister:
-    """The buffer, its write-ahead log and the store: what persist holds is always in one of them."""
+    """The buffer, its write-ahead log and the store: what persist holds is always in one of them.
+
+    ``receive`` and ``take`` belong to the receiving thread, ``write`` and ``seal_stored`` to the one
+    thread that uses DuckDB; ``take`` is called only while no ``write`` runs."""
 
     def __init__(self, store: Store, wal: WriteAheadLog, conf: cfg.Config):
         self.store, self.wal, self.conf = store, wal, conf
-        self.buffer = Buffer()
+        self.losses = LossTracker()
+        self.losses.load(store.stream_progress())
+        self.buffer = Buffer(self.losses)
+        self.failed: Batch | None = None  # an insert that failed: its rows go again with the next batch
+        self.taken = 0  # records taken and not yet committed
         self.written = 0
         self.outbox = Path(conf.data_dir) / "outbox"
+
+    def held(self) -> int:
+        """Records persist holds in memory: buffered, or taken for an insert not yet committed."""
+        return self.buffer.records + self.taken + (self.failed.records if self.failed else 0)
 
     def receive(self, frames: list) -> None:
         self.buffer.add(frames)
@@ -97,34 +132,58 @@ class Persister:
                 logger.warning("write-ahead log: skipped a damaged message: {}", exc)
         return count
 
-    def flush(self) -> None:
-        buffer = self.buffer
-        if not buffer.batches and not buffer.events:
+    def take(self) -> Batch | None:
+        """What arrived since the last take, with a failed batch's rows; the log rotates so that the
+        insert can say which generations it covers."""
+        buffer, failed = self.buffer, self.failed
+        if not buffer.batches and not buffer.events and failed is None:
+            return None
+        self.buffer, self.failed = Buffer(self.losses), None
+        batch = Batch(buffer.batches, buffer.events, buffer.records, self.wal.rotate(), self.losses.rows())
+        if failed is not None:
+            batch.batches[:0], batch.events[:0], batch.records = failed.batches, failed.events, batch.records + failed.records
+        self.taken = batch.records
+        return batch
+
+    def write(self, batch: Batch | None) -> None:
+        """One insert; a failed one is kept (``failed``) for the next ``take``."""
+        if batch is None:
             return
-        table = pa.Table.from_batches(buffer.batches, schema=SNAPSHOT_SCHEMA) if buffer.batches else None
-        generation = self.wal.rotate()
+        table = pa.Table.from_batches(batch.batches, schema=SNAPSHOT_SCHEMA) if batch.batches else None
         crash_point("persist.before_insert")
         started = time.perf_counter()
         try:
-            inserted = self.store.insert(table, buffer.events, generation)
+            inserted = self.store.insert(table, batch.events, batch.generation, batch.progress)
         except Exception as exc:  # noqa: BLE001 - categorised, counted, and the rows are kept
             kind = error_type(exc)
             metrics.DB_INSERT_ERRORS.labels(error_type=kind).inc()
-            logger.error("insert of {} records failed ({}): {}; keeping them for the next try", buffer.records, kind, exc)
+            logger.error("insert of {} records failed ({}): {}; keeping them for the next try", batch.records, kind, exc)
+            self.failed = batch
             return
+        finally:
+            self.taken = 0
         crash_point("persist.after_insert")
-        self.wal.discard_through(generation)
+        self.wal.discard_through(batch.generation)
         metrics.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.DB_SNAPSHOTS_WRITTEN.inc(inserted)
         self.written += inserted
         if table is not None and table.num_rows > inserted:
             metrics.DB_DUPLICATES_SKIPPED.inc(table.num_rows - inserted)
             logger.debug("skipped {} records already stored", table.num_rows - inserted)
-        buffer.batches, buffer.events, buffer.records = [], [], 0
-        metrics.CHANNEL_QUEUE_DEPTH.labels(stage="persist").set(0)
+
+    def write_and_seal(self, batch: Batch | None) -> None:
+        self.write(batch)
+        self.seal_stored()
+
+    def flush(self) -> None:
+        self.write(self.take())
 
     def seal(self) -> None:
-        self.flush()
+        self.losses.forget_idle(now_us())
+        self.write_and_seal(self.take())
+
+    def seal_stored(self) -> None:
+        """Moves every committed row into outbox files."""
         started = time.perf_counter()
         try:
             files = self.store.seal(self.outbox, self.conf.home_server_name, self.conf.archive_interval_secs)
@@ -168,8 +227,21 @@ def command(**raw: str | None) -> None:
     puller = Puller(conf.zmq_pull or cfg.DEFAULT_PERSIST_ENDPOINT, conf.zmq_hwm)
     bad = metrics.BAD_MESSAGES.labels(stage="persist")
     state.ready = True
-    state.details = lambda: {"buffered_records": persister.buffer.records}
+    state.details = lambda: {"buffered_records": persister.held()}
     logger.info("persist: pulling {}, DuckDB {}", puller.endpoint, Path(conf.data_dir) / "collector.duckdb")
+    # DuckDB's work (inserts, seals) runs on this one thread, so that receiving goes on meanwhile: a
+    # long seal no longer fills the queues upstream, and an insert overlaps the next batch's decoding.
+    duckdb_thread = ThreadPoolExecutor(1, thread_name_prefix="duckdb")
+    writing: Future | None = None
+
+    def duckdb_busy() -> bool:
+        nonlocal writing
+        if writing is None or not writing.done():
+            return writing is not None
+        if writing.exception() is not None:  # a bug, not a DuckDB error (those are caught and counted)
+            logger.opt(exception=writing.exception()).error("persist: DuckDB thread failed")
+        writing = None
+        return False
 
     def receive(frames: list) -> None:
         parts = [frames[0].bytes] + [frame.buffer for frame in frames[1:]]
@@ -182,25 +254,29 @@ def command(**raw: str | None) -> None:
     next_flush = time.monotonic() + conf.batch_interval
     next_seal = time.monotonic() + conf.archive_interval_secs
     while not stop.is_set():
-        if persister.buffer.records < MAX_BUFFERED_RECORDS:
-            timeout_ms = int(max(0.0, min(0.2, next_flush - time.monotonic())) * 1000)
-            frames = puller.recv(timeout_ms)
+        due = time.monotonic() >= next_flush or seal_now.is_set()
+        if persister.held() < MAX_BUFFERED_RECORDS:
+            # while DuckDB is busy with the last batch, this one waits for it and grows
+            wait_secs = 0.05 if due else min(0.2, next_flush - time.monotonic())
+            frames = puller.recv(int(max(0.0, wait_secs) * 1000))
             while frames is not None:
                 receive(frames)
-                if persister.buffer.records >= MAX_BUFFERED_RECORDS or time.monotonic() >= next_flush:
+                if persister.held() >= MAX_BUFFERED_RECORDS or (time.monotonic() >= next_flush and not duckdb_busy()):
                     break  # a busy queue must not postpone the batch: it would only grow and stall
                 frames = puller.recv_nowait()
         else:
             stop.wait(0.2)
         now = time.monotonic()
-        metrics.CHANNEL_QUEUE_DEPTH.labels(stage="persist").set(persister.buffer.records)
-        if now >= next_flush or seal_now.is_set():
-            persister.flush()
+        metrics.CHANNEL_QUEUE_DEPTH.labels(stage="persist").set(persister.held())
+        if (now >= next_flush or seal_now.is_set()) and not duckdb_busy():
+            if seal_now.is_set() or now >= next_seal:
+                seal_now.clear()
+                persister.losses.forget_idle(now_us())
+                writing = duckdb_thread.submit(persister.write_and_seal, persister.take())
+                next_seal = now + conf.archive_interval_secs
+            else:
+                writing = duckdb_thread.submit(persister.write, persister.take())
             next_flush = now + conf.batch_interval
-        if seal_now.is_set() or now >= next_seal:
-            seal_now.clear()
-            persister.seal()
-            next_seal = time.monotonic() + conf.archive_interval_secs
         state.records_total = persister.written
         state.progressed()
 
@@ -208,9 +284,11 @@ def command(**raw: str | None) -> None:
     deadline = time.monotonic() + DRAIN_SECS
     while time.monotonic() < deadline and (frames := puller.recv(300)) is not None:
         receive(frames)
-    persister.flush()
+    duckdb_thread.shutdown(wait=True)
     if conf.seal_on_exit:
         persister.seal()
+    else:
+        persister.flush()
     puller.close()
     persister.wal.close()
     store.close()

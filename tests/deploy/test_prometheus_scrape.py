@@ -162,7 +162,7 @@ def send_trades(endpoint: str, ids: list[int], prev: dict[int, int] | None = Non
         collected = now_us()
         headers.append(tuple(Header(
             STREAM["exchange"], STREAM["symbol"], STREAM["data_type"], str(trade_id), collected, collected - LATENCY_US,
-            trade_id, (prev or {}).get(trade_id, trade_id - 1), False, "test-epoch", len(data),
+            trade_id, (prev or {}).get(trade_id, trade_id - 1), False, "test-epoch", len(data), len(headers) + 1,
         )))
         datas.append(data)
     context = zmq.Context()

@@ -72,14 +72,18 @@ def missing_ids(ids: list[int]) -> list[int]:
     return missing
 
 
-def counted_by_gap_rows(missing: list[int], gap_rows: list[tuple[str, int]]) -> set[int]:
-    """The missing ids that some gap-log row names through (expected, missing): a ``gap`` row, or an
-    outage (``disconnect``) row where the stage that wrote it knew which ids the outage cost."""
+COUNTING_KINDS = "('gap', 'disconnect', 'lost')"  # gap-log rows that name missing ids (SQL)
+
+
+def counted_by_gap_rows(missing: list[int], gap_rows: list[tuple[str, str | None, int | None]]) -> set[int]:
+    """The missing ids of a contiguous feed that some gap-log row (kind, expected, missing) names: a
+    ``gap`` row or an outage (``disconnect``) row whose writer knew the ids (``expected`` = the first
+    missing), or a ``lost`` row of persist (``expected`` = the id received before the loss)."""
     covered: set[int] = set()
-    for expected, count in gap_rows:
+    for kind, expected, count in gap_rows:
         if expected is None or count is None:
             continue
-        start = int(expected)
+        start = int(expected) + (kind == "lost")
         covered.update(range(start, start + int(count)))
     return {m for m in missing if m in covered}
 

@@ -38,7 +38,7 @@ def parsers(data: bytes) -> None:
         check_parsed(parsed)
         if parsed.records:
             headers = [(adapter.name, r.symbol, r.data_type, r.exchange_sequence_id, 1_700_000_000_000_000,
-                        r.timestamp_exchange, r.seq, r.prev, r.snapshot, "fuzz.0.1", len(r.data)) for r in parsed.records]
+                        r.timestamp_exchange, r.seq, r.prev, r.snapshot, "fuzz.0.1", len(r.data), n) for n, r in enumerate(parsed.records, 1)]
             frames = encode_records(headers, [r.data for r in parsed.records])
             rows = decode_headers(frames)  # what ingest sends, check and persist must accept
             batch_from_wire(rows, frames[2])  # ... and persist must be able to store

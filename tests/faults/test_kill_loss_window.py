@@ -4,8 +4,8 @@
 flight. Here each stage is first frozen (SIGSTOP) while records keep coming, so that its ZeroMQ
 queues and socket buffers certainly hold some, and then SIGKILLed and started again. What was in
 flight may be lost (that is the documented window), but it must be *counted*: every id missing from
-the archive must be named by a row of the gap log (a ``gap`` row, or an outage row saying which ids). Today none of the three stages counts it; each test is
-a strict xfail naming the bug, so that the fix turns it into a pass that must be kept.
+the archive must be named by a row of the gap log: a ``gap`` row, an outage row saying which ids, or
+persist's ``lost`` row (from the per-stream record numbers ingest stamps; see ``pipeline.losses``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import wait_for
 from tests.e2e.feed import Feeder, trade_records
 from tests.e2e.harness import Pipeline
-from tests.faults.common import counted_by_gap_rows, missing_ids, stored_rows
+from tests.faults.common import COUNTING_KINDS, counted_by_gap_rows, missing_ids, stored_rows
 
 SYMBOLS = ["btcusdt", "ethusdt"]
 
@@ -27,12 +27,13 @@ def losses(pipeline: Pipeline) -> dict[str, dict]:
     trades, gap_rows = stored_rows(
         pipeline.archive_dir, None,
         "SELECT symbol, CAST(exchange_sequence_id AS BIGINT) FROM allrows WHERE exchange = 'binance' AND data_type = 'trade'",
-        "SELECT symbol, expected, missing FROM allgaps WHERE kind IN ('gap', 'disconnect') AND exchange = 'binance' AND data_type = 'trade'")
+        f"SELECT symbol, kind, expected, missing FROM allgaps WHERE kind IN {COUNTING_KINDS} "
+        "AND exchange = 'binance' AND data_type = 'trade'")
     result = {}
     for symbol in {s for s, _ in trades}:
         ids = [i for s, i in trades if s == symbol]
         missing = missing_ids(ids)
-        counted = counted_by_gap_rows(missing, [(e, m) for s, e, m in gap_rows if s == symbol])
+        counted = counted_by_gap_rows(missing, [row[1:] for row in gap_rows if row[0] == symbol])
         result[symbol] = {"stored": len(ids), "distinct": len(set(ids)), "missing": len(missing), "counted": len(counted)}
     return result
 
@@ -59,8 +60,6 @@ def restart(pipeline: Pipeline, name: str, *args: str):
     return process
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: records in persist's ZeroMQ receive queue at a kill -9 are lost without "
-                   "a gap row (check already passed them as ok); docs/resilience.md bug 1")
 def test_persist_killed_with_records_in_flight_counts_what_it_lost(pipeline):
     start_downstream(pipeline)
     records = trade_records(SYMBOLS, 6000)
@@ -88,8 +87,6 @@ def test_persist_killed_with_records_in_flight_counts_what_it_lost(pipeline):
     assert all(f["missing"] == f["counted"] for f in found.values()), f"silent loss: {found}"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: records in check's ZeroMQ receive queue at a kill -9 are lost without a "
-                   "gap row (the restarted check starts every stream afresh); docs/resilience.md bug 1")
 def test_check_killed_with_records_in_flight_counts_what_it_lost(pipeline):
     start_downstream(pipeline)
     records = trade_records(SYMBOLS, 6000)

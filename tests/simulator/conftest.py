@@ -48,10 +48,16 @@ class Sim:
     def connect(self, path: str, timeout: float = 5) -> websocket.WebSocket:
         return websocket.create_connection(self.url(path), timeout=timeout)
 
-    def manifest(self) -> list[dict]:
-        if not self.manifest_path.exists():
-            return []
-        return [json.loads(line) for line in self.manifest_path.read_bytes().splitlines() if line.strip()]
+    def manifest(self, at_least: int = 0) -> list[dict]:
+        """The manifest's lines, waiting (10 s at most) until it has ``at_least``: the simulator writes a
+        line just after the frame's send, so a client may read the frame first."""
+        def lines() -> list[dict]:
+            if not self.manifest_path.exists():
+                return []
+            return [json.loads(line) for line in self.manifest_path.read_bytes().splitlines() if line.strip()]
+        if at_least:
+            wait_for(lambda: len(lines()) >= at_least, 10, what=f"{at_least} manifest lines")
+        return lines()
 
     def book_dumps(self) -> list[dict]:
         if not self.dump_path.exists():

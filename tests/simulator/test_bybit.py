@@ -5,6 +5,7 @@ import json
 import time
 from decimal import Decimal
 
+from tests.conftest import wait_for
 from tests.simulator.conftest import TextBook, dump_at, recv_json, recv_until
 
 
@@ -55,7 +56,8 @@ def test_book_deltas_are_contiguous_and_trades_come_in_batches(simulate):
     ids = [int(t["i"]) for t in trades]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
     assert all(set(t) == {"i", "T", "p", "v", "S", "seq", "s", "BT", "RPI"} and Decimal(t["v"]) > 0 for t in trades)
-    sent = [m for m in sim.manifest() if m["data_type"] == "trade"]
+    sent = wait_for(lambda: (s := [m for m in sim.manifest() if m["data_type"] == "trade"]) and len(s) >= len(trades) and s,
+                    10, what="the trades' manifest lines")
     assert [m["exchange_sequence_id"] for m in sent] == [t["i"] for t in trades]
 
 

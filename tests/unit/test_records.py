@@ -16,7 +16,7 @@ def header(data: bytes, **fields) -> tuple:
     """A header as ingest builds it: a plain tuple in ``Header`` field order."""
     values = dict(exchange="binance", symbol="btcusdt", data_type="trade", exchange_sequence_id="101",
                   timestamp_collector=1_723_161_255_343_123, timestamp_exchange=1_723_161_255_343_000, seq=101,
-                  prev=100, snapshot=False, epoch="4242.0.1", size=len(data))
+                  prev=100, snapshot=False, epoch="4242.0.1", size=len(data), number=1)
     values.update(fields)
     return tuple(values[name] for name in Header._fields)
 

@@ -63,7 +63,8 @@ def test_archive_key_day_is_the_utc_day_whatever_the_local_zone(zone, monkeypatc
 
 def wire(records: list[tuple]) -> tuple[list[list], bytes]:
     """(exchange, symbol, data_type, id, t_collector, t_exchange, data) -> header rows and data frame, through the wire format."""
-    headers = [(e, s, d, i, tc, te, None, None, False, "1.0.1", len(data)) for e, s, d, i, tc, te, data in records]
+    headers = [(e, s, d, i, tc, te, None, None, False, "1.0.1", len(data), n)
+               for n, (e, s, d, i, tc, te, data) in enumerate(records, 1)]
     frames = encode_records(headers, [r[6] for r in records])
     return decode_headers(frames), frames[2]
 
@@ -455,13 +456,67 @@ def test_persist_keeps_inserting_after_a_seal_that_found_nothing(tmp_path):
     try:
         persister.seal()  # an archive interval with nothing new
         data = b'{"t":1}'
-        persister.receive(encode_records([("binance", "btcusdt", "trade", "1", T0, None, 1, 0, False, "e", len(data))], [data]))
+        persister.receive(encode_records([("binance", "btcusdt", "trade", "1", T0, None, 1, 0, False, "e", len(data), 1)], [data]))
         persister.flush()
         assert persister.buffer.records == 0
         assert len(table_rows(store, "snapshots")) == 1
     finally:
         persister.wal.close()
         store.con.close()
+
+
+def _persister(tmp_path):
+    from pipeline import config as cfg
+    from pipeline.wal import WriteAheadLog
+    from stages.persist import Persister
+
+    conf = cfg.load({"data_dir": str(tmp_path), "home_server_name": None, "archive_interval_secs": None})
+    return Persister(Store(tmp_path / "collector.duckdb", "256MB", 3600), WriteAheadLog(tmp_path / "wal"), conf)
+
+
+def _numbered(numbers: list[int]) -> list[bytes]:
+    datas = [b'{"t":%d}' % n for n in numbers]
+    return encode_records([("binance", "btcusdt", "trade", str(n), T0 + n, None, n, n - 1, False, "e", len(d), n)
+                           for n, d in zip(numbers, datas)], datas)
+
+
+def _close(persister) -> None:
+    persister.wal.close()
+    persister.store.con.close()
+
+
+def test_persist_writes_one_lost_row_for_records_that_never_arrived_even_across_a_crash(tmp_path):
+    persister = _persister(tmp_path)
+    persister.receive(_numbered([1, 2, 3]))
+    persister.flush()
+    persister.receive(_numbered([7, 8]))  # 4..6 dropped or lost on the way
+    _close(persister)  # killed before this batch was committed: the write-ahead log has it
+
+    restarted = _persister(tmp_path)
+    try:
+        assert restarted.replay_log() == 1
+        restarted.flush()
+        restarted.receive(_numbered([9, 10]))
+        restarted.flush()
+        lost = [row for row in table_rows(restarted.store, "gaps") if row[0] == "lost"]
+        assert lost == [("lost", "binance", "btcusdt", "trade", "3", "7", 3, T0 + 3, T0 + 7)]
+        assert len(table_rows(restarted.store, "snapshots")) == 7
+    finally:
+        _close(restarted)
+
+
+def test_what_persist_knew_of_each_stream_survives_a_restart(tmp_path):
+    persister = _persister(tmp_path)
+    persister.receive(_numbered([1, 2]))
+    persister.flush()
+    _close(persister)
+    restarted = _persister(tmp_path)
+    try:
+        restarted.receive(_numbered([5]))
+        restarted.flush()
+        assert [row[6] for row in table_rows(restarted.store, "gaps") if row[0] == "lost"] == [2]
+    finally:
+        _close(restarted)
 
 
 # -- one process per database file
