@@ -20,12 +20,14 @@ from pipeline.exchanges.base import (
     COMMON_QUOTES,
     Exchange,
     Feed,
+    MAX_INT,
     Parsed,
     Semantics,
     as_int,
     control,
     malformed,
     ms_to_us,
+    new_tuple,
     split_pair,
 )
 from pipeline.records import Record
@@ -52,22 +54,50 @@ def subscribe_messages(symbols: Sequence[str], feeds: Sequence[str]) -> list[str
     ]
 
 
+_loads, _dumps = orjson.loads, orjson.dumps  # module globals: one lookup less per call
+_MS_FAST_LIMIT = 10**15  # below it, ms * 1000 cannot leave the 64-bit range
+
+
+def _ms_to_us(value: object) -> int:
+    """``ms_to_us`` for Bybit's integer ``T`` without range checks a value below 10**15 cannot fail."""
+    if type(value) is int and 0 <= value < _MS_FAST_LIMIT:
+        return value * 1000
+    return ms_to_us(value)  # anything else: the shared checks, errors and messages
+
+
+def _text_id_seq(trade_id: str) -> int | None:
+    """The seq of a trade id sent as text: the number of spot's digit string, None for a linear UUID.
+
+    Spot ids have 19 digits, past ``as_int``'s quick path (18): ``int`` and one upper bound decide
+    here, and only an id out of range goes to ``as_int`` for its error.
+    """
+    if not (trade_id.isascii() and trade_id.isdigit()):
+        return None
+    if len(trade_id) < 20:
+        seq = int(trade_id)
+        if seq <= MAX_INT:
+            return seq
+    return as_int(trade_id)
+
+
 def _trades(symbol: str, data: object) -> Parsed:
-    if not isinstance(data, list) or not data:
+    if type(data) is not list or not data:  # orjson makes plain lists and dicts only
         return malformed("publicTrade without trades")
     records = []
     for trade in data:
-        if not isinstance(trade, dict):
+        if type(trade) is not dict:
             return malformed("trade is not an object")
         trade_id = trade["i"]
         if type(trade_id) is str and trade_id:
             # spot: digits, increasing; linear/inverse: a UUID, stored as given with no seq
-            seq = as_int(trade_id) if trade_id.isascii() and trade_id.isdigit() else None
+            seq = _text_id_seq(trade_id)
         else:
             seq = as_int(trade_id)
             trade_id = str(seq)
-        records.append(Record(symbol, "trade", trade_id, ms_to_us(trade["T"]), orjson.dumps(trade), seq))
-    return Parsed(records)
+        # The record's data is this one trade, re-serialised (the frame may hold several).
+        record = (symbol, "trade", trade_id, _ms_to_us(trade["T"]), _dumps(trade), seq, None, False)
+        records.append(new_tuple(Record, record))
+    return new_tuple(Parsed, (records, None, None, None, None))
 
 
 def _book(symbol: str, msg: dict, frame: bytes) -> Parsed:
@@ -88,8 +118,8 @@ def _book(symbol: str, msg: dict, frame: bytes) -> Parsed:
 
 
 def parse(frame: bytes) -> Parsed:
-    msg = orjson.loads(frame)
-    if not isinstance(msg, dict):
+    msg = _loads(frame)
+    if type(msg) is not dict:  # orjson builds plain dicts: same answer as isinstance, a bit cheaper
         return malformed("not a JSON object")
     topic = msg.get("topic")
     if type(topic) is str:
