@@ -36,7 +36,11 @@ class WriteAheadLog:
 
     def append(self, frames: Sequence[bytes | memoryview]) -> None:
         header = _U32.pack(len(frames)) + b"".join(_U32.pack(len(frame)) for frame in frames)
-        os.write(self._fd, header + b"".join(frames))
+        record = [header, *frames]
+        written = os.writev(self._fd, record)  # the frames as they are: no copy of a message's records
+        total = len(header) + sum(len(frame) for frame in frames)
+        if written < total:  # a short write (rare, e.g. a signal): the rest as one block
+            os.write(self._fd, b"".join(bytes(part) for part in record)[written:])
 
     def rotate(self) -> int:
         """Starts a new generation; returns the last one closed (everything appended so far)."""

@@ -29,6 +29,7 @@ from pipeline.transport import Pusher
 from pipeline.wsframes import BINARY, CLOSE, OVERSIZED, PING, TEXT, FrameReader
 
 FLUSH_RECORDS = 512  # records per ZeroMQ message at most
+FLUSH_BYTES = 512 * 1024  # raw JSON per message at most, so that ZMQ_HWM messages bound a queue's memory
 FLUSH_SECS = 0.05  # a partial batch waits no longer than this
 RECV_TIMEOUT_SECS = 0.1  # how often an idle connection looks at its deadlines and the stop flag
 STALE_CHECK_SECS = 1.0
@@ -128,6 +129,7 @@ class Connection:
         headers: list[tuple] = []  # rows in ``Header`` field order
         numbers: dict[tuple[str, str], int] = {}  # the last ``Header.number`` of each stream on this epoch
         datas: list[bytes] = []
+        batch_bytes = 0
         delivered = False
         retry_after: float | None = None
         ws.settimeout(RECV_TIMEOUT_SECS)
@@ -155,9 +157,11 @@ class Connection:
                                 stream = (r.symbol, r.data_type)
                                 number = numbers.get(stream, 0) + 1
                                 numbers[stream] = number
+                                size = len(r.data)
                                 headers.append((name, r.symbol, r.data_type, r.exchange_sequence_id, received,
-                                                r.timestamp_exchange, r.seq, r.prev, r.snapshot, epoch, len(r.data), number))
+                                                r.timestamp_exchange, r.seq, r.prev, r.snapshot, epoch, size, number))
                                 datas.append(r.data)
+                                batch_bytes += size
                             if books.active:
                                 for message_out in books.observe(parsed.records, received, now):
                                     ws.send(message_out)
@@ -180,9 +184,9 @@ class Connection:
                     elif opcode == CLOSE:
                         logger.info("{} connection {} closed by the exchange", name, self.index)
                         break
-                if headers and (len(headers) >= FLUSH_RECORDS or now - last_flush >= FLUSH_SECS):
+                if headers and (len(headers) >= FLUSH_RECORDS or batch_bytes >= FLUSH_BYTES or now - last_flush >= FLUSH_SECS):
                     self._flush(headers, datas, now)
-                    headers, datas = [], []
+                    headers, datas, batch_bytes = [], [], 0
                     last_flush = now
                 elif not headers:
                     last_flush = now

@@ -8,7 +8,9 @@ it, seals too if SEAL_ON_EXIT, and exits 0.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import operator
 import signal
 import sys
 import threading
@@ -30,7 +32,7 @@ from pipeline.storage import SNAPSHOT_SCHEMA, Store, StoreLocked, batch_from_wir
 from pipeline.transport import Puller
 from pipeline.wal import WriteAheadLog
 
-MAX_BUFFERED_RECORDS = 2_000_000  # past this, stop pulling: ZeroMQ's high-water marks push back upstream
+MAX_HELD_BYTES = 512 * 2**20  # raw JSON held in memory; past it, stop pulling: ZeroMQ's high-water marks push back upstream
 DRAIN_SECS = 4.0
 
 
@@ -49,6 +51,7 @@ class Buffer:
         self.batches: list[pa.RecordBatch] = []
         self.events: list[dict] = []
         self.records = 0
+        self.nbytes = 0  # of the records' raw JSON
         self.losses = losses
 
     def add(self, frames: list) -> None:
@@ -64,6 +67,7 @@ class Buffer:
                 lost = self.losses.observe(rows)
                 self.batches.append(batch)
                 self.records += len(rows)
+                self.nbytes += len(frames[2])
                 for event in lost:
                     self.events.append(event)
                     metrics.RECORDS_LOST.labels(exchange=event["exchange"], symbol=event["symbol"],
@@ -78,12 +82,11 @@ class Buffer:
             raise WireError(f"unknown message kind {kind[:8]!r}")
 
 
-def _per_stream(rows: list[list]) -> dict:
-    counts: dict = {}
-    for row in rows:
-        key = (row[0], row[1], row[2])
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+def _per_stream(rows: list[list]) -> collections.Counter:
+    return collections.Counter(map(_STREAM_OF, rows))
+
+
+_STREAM_OF = operator.itemgetter(0, 1, 2)
 
 
 @dataclasses.dataclass
@@ -93,6 +96,7 @@ class Batch:
     batches: list[pa.RecordBatch]
     events: list[dict]
     records: int
+    nbytes: int
     generation: int
     progress: list[tuple]  # LossTracker.rows() after the last of these messages
 
@@ -109,13 +113,15 @@ class Persister:
         self.losses.load(store.stream_progress())
         self.buffer = Buffer(self.losses)
         self.failed: Batch | None = None  # an insert that failed: its rows go again with the next batch
-        self.taken = 0  # records taken and not yet committed
+        self.taken: Batch | None = None  # taken for an insert not yet committed
         self.written = 0
         self.outbox = Path(conf.data_dir) / "outbox"
 
-    def held(self) -> int:
-        """Records persist holds in memory: buffered, or taken for an insert not yet committed."""
-        return self.buffer.records + self.taken + (self.failed.records if self.failed else 0)
+    def held(self) -> tuple[int, int]:
+        """Records and bytes persist holds in memory: buffered, or taken for an insert not yet committed."""
+        waiting = [b for b in (self.taken, self.failed) if b is not None]
+        return (self.buffer.records + sum(b.records for b in waiting),
+                self.buffer.nbytes + sum(b.nbytes for b in waiting))
 
     def receive(self, frames: list) -> None:
         self.buffer.add(frames)
@@ -139,10 +145,11 @@ class Persister:
         if not buffer.batches and not buffer.events and failed is None:
             return None
         self.buffer, self.failed = Buffer(self.losses), None
-        batch = Batch(buffer.batches, buffer.events, buffer.records, self.wal.rotate(), self.losses.rows())
+        batch = Batch(buffer.batches, buffer.events, buffer.records, buffer.nbytes, self.wal.rotate(), self.losses.rows())
         if failed is not None:
-            batch.batches[:0], batch.events[:0], batch.records = failed.batches, failed.events, batch.records + failed.records
-        self.taken = batch.records
+            batch.batches[:0], batch.events[:0] = failed.batches, failed.events
+            batch.records, batch.nbytes = batch.records + failed.records, batch.nbytes + failed.nbytes
+        self.taken = batch
         return batch
 
     def write(self, batch: Batch | None) -> None:
@@ -161,7 +168,7 @@ class Persister:
             self.failed = batch
             return
         finally:
-            self.taken = 0
+            self.taken = None
         crash_point("persist.after_insert")
         self.wal.discard_through(batch.generation)
         metrics.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
@@ -227,7 +234,7 @@ def command(**raw: str | None) -> None:
     puller = Puller(conf.zmq_pull or cfg.DEFAULT_PERSIST_ENDPOINT, conf.zmq_hwm)
     bad = metrics.BAD_MESSAGES.labels(stage="persist")
     state.ready = True
-    state.details = lambda: {"buffered_records": persister.held()}
+    state.details = lambda: {"buffered_records": persister.held()[0]}
     logger.info("persist: pulling {}, DuckDB {}", puller.endpoint, Path(conf.data_dir) / "collector.duckdb")
     # DuckDB's work (inserts, seals) runs on this one thread, so that receiving goes on meanwhile: a
     # long seal no longer fills the queues upstream, and an insert overlaps the next batch's decoding.
@@ -255,19 +262,19 @@ def command(**raw: str | None) -> None:
     next_seal = time.monotonic() + conf.archive_interval_secs
     while not stop.is_set():
         due = time.monotonic() >= next_flush or seal_now.is_set()
-        if persister.held() < MAX_BUFFERED_RECORDS:
+        if persister.held()[1] < MAX_HELD_BYTES:
             # while DuckDB is busy with the last batch, this one waits for it and grows
             wait_secs = 0.05 if due else min(0.2, next_flush - time.monotonic())
             frames = puller.recv(int(max(0.0, wait_secs) * 1000))
             while frames is not None:
                 receive(frames)
-                if persister.held() >= MAX_BUFFERED_RECORDS or (time.monotonic() >= next_flush and not duckdb_busy()):
+                if persister.held()[1] >= MAX_HELD_BYTES or (time.monotonic() >= next_flush and not duckdb_busy()):
                     break  # a busy queue must not postpone the batch: it would only grow and stall
                 frames = puller.recv_nowait()
         else:
             stop.wait(0.2)
         now = time.monotonic()
-        metrics.CHANNEL_QUEUE_DEPTH.labels(stage="persist").set(persister.held())
+        metrics.CHANNEL_QUEUE_DEPTH.labels(stage="persist").set(persister.held()[0])
         if (now >= next_flush or seal_now.is_set()) and not duckdb_busy():
             if seal_now.is_set() or now >= next_seal:
                 seal_now.clear()

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import threading
+from typing import Callable
 
 from tests.conftest import free_port, wait_for
 
@@ -68,15 +69,19 @@ class Proxy:
             with self._lock:
                 self._connections += [client, server]
             for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=_pipe, args=(source, sink), daemon=True).start()
+                threading.Thread(target=pipe, args=(source, sink), daemon=True).start()
 
     def close(self) -> None:
         self.down()
 
 
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
+def pipe(source: socket.socket, sink: socket.socket, chunk_size: int = 65536,
+         before_send: Callable[[], None] | None = None) -> None:
+    """Copies ``source`` to ``sink`` until either end closes, then shuts both down (a proxy's half)."""
     try:
-        while chunk := source.recv(65536):
+        while chunk := source.recv(chunk_size):
+            if before_send is not None:
+                before_send()
             sink.sendall(chunk)
     except OSError:
         pass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import orjson
 import pytest
 
 from pipeline import archive_views, topology
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, collector_run, wait_for
 
 EXCHANGES = ("binance", "okx")
 
@@ -32,32 +31,10 @@ def health(stage: str) -> dict:
         return orjson.loads(response.read())
 
 
-def ports_free() -> list[int]:
-    busy = []
-    for port in [s.metrics_port for s in topology.stages(EXCHANGES)] + [5555, 5556] + [topology.SIMULATOR_PORTS[e] for e in EXCHANGES]:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                busy.append(port)
-    return busy
-
-
 @pytest.fixture
 def run(tmp_path):
-    assert not ports_free(), f"ports of the shipped topology are in use: {ports_free()}"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DATA_DIR": str(tmp_path / "data"), "ARCHIVE_URL": str(tmp_path / "archive"),
-           "LOG_DIR": str(tmp_path / "logs"), "BATCH_INTERVAL": "1"}
-    env.pop("BUCKET_NAME", None)
-    out = open(tmp_path / "run.out", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "stages.cli", "run", "--simulate", "--exchanges", ",".join(EXCHANGES)],
-                               cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-    yield process, env, tmp_path
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    out.close()
+    with collector_run(tmp_path, EXCHANGES) as (process, env):
+        yield process, env, tmp_path
 
 
 def test_supervisord_restarts_a_killed_stage_and_stops_with_every_record_flushed(run):

@@ -14,6 +14,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.conftest import free_port
+from tests.e2e.s3 import pipe
 
 
 class LatencyProxy:
@@ -39,22 +40,11 @@ class LatencyProxy:
                 client.close()
                 continue
             for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+                threading.Thread(target=pipe, args=(source, sink, self.chunk, self._delay), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while chunk := source.recv(self.chunk):
-                time.sleep(self.delay)
-                self.chunks += 1
-                sink.sendall(chunk)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def _delay(self) -> None:
+        time.sleep(self.delay)
+        self.chunks += 1
 
     def close(self) -> None:
         self._listener.close()

@@ -26,16 +26,13 @@ from __future__ import annotations
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from pipeline import topology
-from tests.conftest import REPO, wait_for
+from tests.conftest import collector_run, wait_for
 from tests.faults.common import COUNTING_KINDS, counted_by_gap_rows, get_json, missing_ids, stored_rows, table, write_report
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -73,34 +70,10 @@ def serving(stage: str) -> dict | None:
     return None
 
 
-def busy_ports() -> list[int]:
-    ports = list(PORTS.values()) + [5555, 5556] + [topology.SIMULATOR_PORTS[e] for e in EXCHANGES]
-    busy = []
-    for port in ports:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                busy.append(port)
-    return busy
-
-
 @pytest.fixture
 def run(tmp_path):
-    assert not busy_ports(), f"ports of the shipped topology are in use: {busy_ports()}"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DATA_DIR": str(tmp_path / "data"),
-           "ARCHIVE_URL": str(tmp_path / "archive"), "LOG_DIR": str(tmp_path / "logs"), "BATCH_INTERVAL": "1"}
-    env.pop("BUCKET_NAME", None)
-    out = open(tmp_path / "run.out", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "stages.cli", "run", "--simulate", "--exchanges", ",".join(EXCHANGES)],
-                               cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-    yield process, tmp_path
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    out.close()
-    wait_for(lambda: not busy_ports(), 30, what="the topology's ports to be free again")
+    with collector_run(tmp_path, EXCHANGES) as (process, _):
+        yield process, tmp_path
 
 
 def test_random_kill9_of_every_stage_loses_only_the_in_flight_window_and_duplicates_nothing(run):
