@@ -43,7 +43,6 @@ STREAMS = {"trades": "btcusdt@trade", "books": "btcusdt@depth20@100ms"}
 DATA_TYPES = {"trades": "trade", "books": "orderbook"}
 STAGES = ("ingest", "check", "persist")
 PROCESSES = ("generator",) + STAGES
-DUCKDB_MEMORY_LIMIT = "512MB"  # persist's in e2e runs (the product's default is 1GB): see _env
 
 
 @dataclasses.dataclass
@@ -82,9 +81,6 @@ class Run:
         env.update(
             BATCH_INTERVAL=str(self.conf.batch_interval),
             ARCHIVE_INTERVAL_SECS="3600",
-            # DuckDB's buffer pool keeps inserted rows cached up to this limit and then holds there; a
-            # small one fills within the warm-up, so the window shows the steady state, not the fill
-            DUCKDB_MEMORY_LIMIT=DUCKDB_MEMORY_LIMIT,
             DATA_DIR=str(self.folder / "data"),
             LOG_DIR=str(self.folder / "logs"),
             LOG_LEVEL="info",
