@@ -3,8 +3,8 @@
 The only process that opens the DuckDB file. Every BATCH_INTERVAL the records received since the
 last insert go in as one Arrow table; every ARCHIVE_INTERVAL_SECS (at once on SIGUSR1) the stored
 rows are sealed into outbox files for archive. Inserts and seals run on a thread of their own while
-the main loop keeps receiving; a batch waits while the one before it is still being written. On SIGTERM it drains what check already sent, inserts
-it, seals too if SEAL_ON_EXIT, and exits 0.
+the main loop keeps receiving; a batch waits while the one before it is still being written. On
+SIGTERM it drains what check already sent, inserts it, seals too if SEAL_ON_EXIT, and exits 0.
 """
 from __future__ import annotations
 

@@ -486,10 +486,15 @@ def _close(persister) -> None:
 
 
 def test_persist_writes_one_lost_row_for_records_that_never_arrived_even_across_a_crash(tmp_path):
+    from pipeline import metrics
+
+    lost_counter = metrics.RECORDS_LOST.labels(exchange="binance", symbol="btcusdt", data_type="trade")
+    counted_before = lost_counter._value.get()
     persister = _persister(tmp_path)
     persister.receive(_numbered([1, 2, 3]))
     persister.flush()
     persister.receive(_numbered([7, 8]))  # 4..6 dropped or lost on the way
+    assert lost_counter._value.get() - counted_before == 3
     _close(persister)  # killed before this batch was committed: the write-ahead log has it
 
     restarted = _persister(tmp_path)
