@@ -20,10 +20,11 @@ import argparse
 import json
 import multiprocessing
 import os
-import socket
 import sys
 import tempfile
 import time
+
+from benchmarks import common
 
 WARMUP_SECS = 0.5
 
@@ -138,9 +139,7 @@ def _sink(endpoint: str, records_per_message: int, seconds: float, hwm: int, rea
 def _free_endpoint(transport: str, folder: str, name: str) -> str:
     if transport == "ipc":
         return f"ipc://{folder}/{name}.sock"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    return f"tcp://127.0.0.1:{common.free_port()}"
 
 
 def zmq_chain(mode: str, size: int, seconds: float, transport: str = "tcp", hwm: int = 1000) -> dict:

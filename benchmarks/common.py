@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import random
 import re
 import socket
 import statistics
@@ -55,10 +56,37 @@ def versions() -> dict:
     return out
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port, free now, never handed out before in this process, outside the ephemeral range.
+
+    A port from bind(("127.0.0.1", 0)) is an ephemeral one: between this call and the bind of the process
+    under test, any outgoing connection on the machine may take it as its local port (CI saw archive's
+    metrics port taken that way). Ports below the ephemeral range are only ever taken by a bind.
+    """
+    low, high = _ephemeral_range()
+    candidates = range(10000, low) if low > 11000 else range(high + 1, 65536)
+    while True:
+        port = random.choice(candidates)
+        if port in _HANDED_OUT:
+            continue
+        _HANDED_OUT.add(port)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
 
 
 # -- Prometheus text -----------------------------------------------------------------------------------

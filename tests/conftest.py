@@ -13,6 +13,8 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 import pytest
 
+from benchmarks.common import free_port  # noqa: F401 - shared with the tests
+
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(os.environ.get("COLLECTOR_FIXTURES", REPO.parent / "shared" / "fixtures"))
 
@@ -25,12 +27,6 @@ def fixture_lines(relative: str) -> list[bytes]:
     if not path.exists():
         pytest.fail(f"fixture {path} is missing; set COLLECTOR_FIXTURES to the shared/fixtures folder")
     return [line for line in path.read_bytes().splitlines() if line.strip()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> T:
