@@ -34,6 +34,10 @@ from pipeline.wal import WriteAheadLog
 
 MAX_HELD_BYTES = 512 * 2**20  # raw JSON held in memory; past it, stop pulling: ZeroMQ's high-water marks push back upstream
 DRAIN_SECS = 4.0
+# A checkpoint makes the inserts before it durable in DuckDB (pipeline.storage) and lets the write-ahead
+# log drop what they covered. Bounds on what a restart replays, and on how long one checkpoint takes.
+CHECKPOINT_BYTES = 256 * 2**20
+CHECKPOINT_SECS = 60.0
 
 
 def error_type(exc: Exception) -> str:
@@ -102,7 +106,8 @@ class Batch:
 
 
 class Persister:
-    """The buffer, its write-ahead log and the store: what persist holds is always in one of them.
+    """The buffer, its write-ahead log and the store: what persist holds is always in one of them. A
+    message leaves the log once a checkpoint made the insert that stored it durable.
 
     ``receive`` and ``take`` belong to the receiving thread, ``write`` and ``seal_stored`` to the one
     thread that uses DuckDB; ``take`` is called only while no ``write`` runs."""
@@ -115,6 +120,9 @@ class Persister:
         self.failed: Batch | None = None  # an insert that failed: its rows go again with the next batch
         self.taken: Batch | None = None  # taken for an insert not yet committed
         self.written = 0
+        self.committed_generation = store.committed_generation()
+        self.bytes_since_checkpoint = 0
+        self.last_checkpoint = time.monotonic()
         self.outbox = Path(conf.data_dir) / "outbox"
 
     def held(self) -> tuple[int, int]:
@@ -160,6 +168,7 @@ class Persister:
         crash_point("persist.before_insert")
         started = time.perf_counter()
         try:
+            self.wal.sync(batch.generation)
             inserted = self.store.insert(table, batch.events, batch.generation, batch.progress)
         except Exception as exc:  # noqa: BLE001 - categorised, counted, and the rows are kept
             kind = error_type(exc)
@@ -170,13 +179,37 @@ class Persister:
         finally:
             self.taken = None
         crash_point("persist.after_insert")
-        self.wal.discard_through(batch.generation)
         metrics.DB_WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.DB_SNAPSHOTS_WRITTEN.inc(inserted)
         self.written += inserted
         if table is not None and table.num_rows > inserted:
             metrics.DB_DUPLICATES_SKIPPED.inc(table.num_rows - inserted)
             logger.debug("skipped {} records already stored", table.num_rows - inserted)
+        self.committed_generation = batch.generation
+        self.bytes_since_checkpoint += batch.nbytes
+        if self.bytes_since_checkpoint >= CHECKPOINT_BYTES or time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECS:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Makes every committed insert durable in the DuckDB file, then drops the log files they came from."""
+        try:
+            self.store.checkpoint()
+        except Exception as exc:  # noqa: BLE001 - the log keeps the messages; the next insert tries again
+            metrics.DB_INSERT_ERRORS.labels(error_type=error_type(exc)).inc()
+            logger.error("checkpoint failed, the write-ahead log keeps what it covers: {}", exc)
+            return
+        self.checkpointed()
+
+    def checkpointed(self) -> None:
+        self.wal.discard_through(self.committed_generation)
+        self.bytes_since_checkpoint = 0
+        self.last_checkpoint = time.monotonic()
+
+    def close(self) -> None:
+        """The last checkpoint; the log keeps only what no insert committed."""
+        self.store.close()
+        self.checkpointed()
+        self.wal.close()
 
     def write_and_seal(self, batch: Batch | None) -> None:
         self.write(batch)
@@ -198,6 +231,7 @@ class Persister:
             metrics.DB_INSERT_ERRORS.labels(error_type=error_type(exc)).inc()
             logger.error("seal failed, rows kept in DuckDB for the next one: {}", exc)
             return
+        self.checkpointed()  # a seal ends with a checkpoint
         metrics.SEALS_COMPLETED.inc()
         logger.info("sealed {} file(s) into {} in {:.2f}s", len(files), self.outbox, time.perf_counter() - started)
 
@@ -297,7 +331,6 @@ def command(**raw: str | None) -> None:
     else:
         persister.flush()
     puller.close()
-    persister.wal.close()
-    store.close()
+    persister.close()
     server.shutdown()
     logger.info("persist: stopped")

@@ -524,6 +524,54 @@ def test_what_persist_knew_of_each_stream_survives_a_restart(tmp_path):
         _close(restarted)
 
 
+KILLED_AFTER_TWO_INSERTS = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from tests.unit.test_storage import _numbered, _persister
+persister = _persister(Path(sys.argv[1]))
+persister.receive(_numbered([1, 2, 3]))
+persister.flush()
+persister.receive(_numbered([4, 5]))
+persister.flush()
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_inserts_no_checkpoint_covered_come_back_from_the_log_after_a_kill(tmp_path):
+    """DuckDB writes no WAL here: a kill rolls the file back to its last checkpoint, and persist's log
+    must still hold every message since then."""
+    from tests.conftest import REPO
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_TWO_INSERTS, str(tmp_path), str(REPO)], timeout=60)
+    assert killed.returncode == -9
+    restarted = _persister(tmp_path)
+    try:
+        assert restarted.store.pending_rows() == 0  # the kill came before any checkpoint
+        assert restarted.replay_log() == 2
+        restarted.flush()
+        assert sorted(int(row[3]) for row in table_rows(restarted.store, "snapshots")) == [1, 2, 3, 4, 5]
+    finally:
+        _close(restarted)
+
+
+def test_the_log_drops_a_generation_once_a_checkpoint_made_its_insert_durable(tmp_path, monkeypatch):
+    from stages import persist
+
+    persister = _persister(tmp_path)
+    try:
+        persister.receive(_numbered([1, 2]))
+        persister.flush()
+        kept = persister.wal.generations()
+        assert persister.committed_generation in kept  # no checkpoint yet: a kill would need it
+        monkeypatch.setattr(persist, "CHECKPOINT_BYTES", 1)
+        persister.receive(_numbered([3]))
+        persister.flush()  # this insert passes CHECKPOINT_BYTES
+        assert persister.wal.generations() == [persister.wal.generation]  # only the one being written
+    finally:
+        _close(persister)
+
+
 # -- one process per database file
 
 HOLDER = """
