@@ -139,12 +139,29 @@ def _wire_messages(first_id: int, count: int, per_message: int = 512, books: boo
 
 
 def _inserter(store):
-    """``Store.insert`` as this version of storage.py takes it: (table) or (table, events, wal_generation)."""
+    """``Store.insert`` as this version of storage.py takes it: (table) or (table, events, wal_generation),
+    followed by the checkpoints persist makes (every CHECKPOINT_BYTES) where DuckDB does not make them
+    inside a COMMIT."""
     parameters = inspect.signature(store.insert).parameters
-    if "wal_generation" in parameters:
-        generation = itertools.count(1)
+    if "wal_generation" not in parameters:
+        return store.insert
+    generation = itertools.count(1)
+    if not hasattr(store, "checkpoint"):
         return lambda table: store.insert(table, [], next(generation))
-    return store.insert
+    from stages.persist import CHECKPOINT_BYTES
+
+    unsaved = 0
+
+    def insert_and_checkpoint(table):
+        nonlocal unsaved
+        inserted = store.insert(table, [], next(generation))
+        unsaved += table.column("data").nbytes
+        if unsaved >= CHECKPOINT_BYTES:
+            store.checkpoint()
+            unsaved = 0
+        return inserted
+
+    return insert_and_checkpoint
 
 
 def _wal(folder: Path):
@@ -184,6 +201,8 @@ def persist(total_keys: int, batch_rows: int, folder: Path, moto_port: int | Non
                 for rows, data in messages:
                     wal.append([RECORDS, b"%d" % len(rows), data])
                 generation = wal.rotate()
+                if hasattr(wal, "sync"):
+                    wal.sync(generation)
                 wal.discard_through(generation)
                 wal_time += time.perf_counter() - started
                 wal_rows += table.num_rows

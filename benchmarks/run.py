@@ -451,7 +451,7 @@ def build_table(res: dict, s: dict) -> Table:
     wire = [(m.get("persist") or {}).get("batch_from_wire_rows_per_s") for m in mic]
     wal = median((m.get("persist") or {}).get("wal_rows_per_s") for m in mic)
     t.add("micro.persist.receive", "persist: batch_from_wire, rows/s/core", fmt(median(wire)), spread(wire), "", None,
-          f"WAL append + rotate (fsync): {fmt(wal)} rows/s" if wal else "")
+          f"WAL append + fsync: {fmt(wal)} rows/s" if wal else "")
     for k in range(3):
         rates = [(((m.get("persist") or {}).get("insert_thirds") or [{}] * 3)[k]).get("rows_per_s") for m in mic]
         third = ((mic[0].get("persist") or {}).get("insert_thirds") or [{}] * 3)[k] if mic else {}

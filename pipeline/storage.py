@@ -69,6 +69,10 @@ PROGRESS_SCHEMA = pa.schema([
 PROGRESS_DDL = """CREATE TABLE IF NOT EXISTS stream_progress (
     exchange VARCHAR, symbol VARCHAR, data_type VARCHAR, epoch VARCHAR, number BIGINT, received_at BIGINT, record_id VARCHAR)"""
 KEY = "exchange, symbol, data_type, exchange_sequence_id"
+# A checkpoint rewrites the table's last, partly filled row group: at DuckDB's default (122,880 rows,
+# ~170 MB of books) every few checkpoints took 3-6 s. Small row groups keep each checkpoint short, and
+# inserts ran 1.4x (books) to 1.5x (trades) faster (measured); unsealed rows are only scanned by the seal.
+ROW_GROUP_SIZE = 8192
 
 
 class StoreLocked(Exception):
@@ -104,7 +108,7 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.con = duckdb.connect()
-            self.con.execute(f"ATTACH {_literal(str(path))} AS store (RECOVERY_MODE no_wal_writes)")
+            self.con.execute(f"ATTACH {_literal(str(path))} AS store (RECOVERY_MODE no_wal_writes, ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
             self.con.execute("USE store")
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
