@@ -115,6 +115,8 @@ class Store:
                 raise StoreLocked(f"{path} is locked by another process: {str(exc).splitlines()[0]}") from None
             raise
         self.con.execute(f"SET memory_limit = '{memory_limit}'")
+        # where DuckDB spills (a large seal's sort); opened through ATTACH, it would use ./.tmp
+        self.con.execute(f"SET temp_directory = {_literal(f'{path}.tmp')}")
         self.con.execute("SET preserve_insertion_order = false")
         self.dedup_window_us = int(dedup_window_secs * 1e6)
         for ddl in (SNAPSHOTS_DDL, GAPS_DDL, KEYS_DDL, STATE_DDL, PROGRESS_DDL):

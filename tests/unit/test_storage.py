@@ -209,6 +209,12 @@ def test_insert_records_the_write_ahead_log_generation_it_committed(opened):
     assert opened().committed_generation() == 4
 
 
+def test_duckdb_spills_beside_the_database_file_not_in_the_working_directory(opened, tmp_path):
+    store = opened()
+    spill = store.con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0]
+    assert spill == str(tmp_path / "collector.duckdb.tmp")
+
+
 def test_a_failed_insert_stores_nothing_at_all_so_the_retry_is_not_taken_for_a_repeat(opened):
     store = opened()
     put(store, snapshot("1"), generation=1)
