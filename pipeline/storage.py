@@ -196,11 +196,16 @@ class Store:
         return "sealing_snapshots" in names
 
     def seal(self, outbox: Path, server: str, archive_interval_secs: float) -> list[Path]:
-        """Moves every stored row into outbox Parquet files; returns the files written."""
+        """Moves every stored row into outbox Parquet files; returns the files written. Ends with a
+        checkpoint, rows to seal or not: every insert before it is then durable."""
         files = self.recover(outbox, server)
+        if self._scalar("SELECT (SELECT count(*) FROM snapshots) + (SELECT count(*) FROM gaps)"):
+            files += self._seal_stored_rows(outbox, server, archive_interval_secs)
+        self.checkpoint()
+        return files
+
+    def _seal_stored_rows(self, outbox: Path, server: str, archive_interval_secs: float) -> list[Path]:
         con = self.con
-        if not self._scalar("SELECT (SELECT count(*) FROM snapshots) + (SELECT count(*) FROM gaps)"):
-            return files
         con.execute("BEGIN TRANSACTION")
         con.execute("ALTER TABLE snapshots RENAME TO sealing_snapshots")
         con.execute("ALTER TABLE gaps RENAME TO sealing_gaps")
@@ -209,19 +214,20 @@ class Store:
         con.execute("COMMIT")
         self.checkpoint()
         crash_point("seal.after_rename")
-        files += self._write_and_drop_sealing(outbox, server)
+        files = self._write_and_drop_sealing(outbox, server)
         cutoff = self._scalar("SELECT max(seen_at) FROM stored_keys")
         if cutoff is not None:
             horizon = cutoff - self.dedup_window_us - int(archive_interval_secs * 1e6)
             con.execute("DELETE FROM stored_keys WHERE seen_at < ?", [horizon])
-        self.checkpoint()
         return files
 
     def recover(self, outbox: Path, server: str) -> list[Path]:
-        """Finishes a seal that a crash interrupted; a no-op otherwise."""
+        """Finishes a seal that a crash interrupted, and checkpoints; a no-op otherwise."""
         if not self._has_sealing():
             return []
-        return self._write_and_drop_sealing(outbox, server)
+        files = self._write_and_drop_sealing(outbox, server)
+        self.checkpoint()
+        return files
 
     def _write_and_drop_sealing(self, outbox: Path, server: str) -> list[Path]:
         con = self.con
@@ -248,7 +254,6 @@ class Store:
         con.execute("DROP TABLE sealing_snapshots")
         con.execute("DROP TABLE sealing_gaps")
         con.execute("COMMIT")
-        self.checkpoint()
         return files
 
 

@@ -209,6 +209,9 @@ def test_insert_records_the_write_ahead_log_generation_it_committed(opened):
     assert opened().committed_generation() == 4
 
 
+PROGRESS = [("binance", "btcusdt", "trade", "e1", 5, T0 + 5, "5"), ("okx", "BTC-USDT", "trade", "e2", 9, T0 + 9, "99")]
+
+
 def test_duckdb_spills_beside_the_database_file_not_in_the_working_directory(opened, tmp_path):
     store = opened()
     spill = store.con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0]
@@ -559,6 +562,36 @@ def test_inserts_no_checkpoint_covered_come_back_from_the_log_after_a_kill(tmp_p
         assert sorted(int(row[3]) for row in table_rows(restarted.store, "snapshots")) == [1, 2, 3, 4, 5]
     finally:
         _close(restarted)
+
+
+KILLED_AFTER_AN_EMPTY_SEAL = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from tests.unit.test_storage import PROGRESS, SERVER, put, snapshot
+from pipeline.storage import Store
+store = Store(Path(sys.argv[1]) / "collector.duckdb", "256MB", 3600)
+put(store, snapshot("1"), generation=1)
+store.seal(Path(sys.argv[1]) / "outbox", SERVER, 3600)
+store.insert(None, [], 2, PROGRESS)  # a batch of repeats only: no row, but the streams moved on
+store.seal(Path(sys.argv[1]) / "outbox", SERVER, 3600)  # nothing to seal
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_every_seal_ends_with_a_checkpoint_even_with_nothing_to_seal(tmp_path):
+    """persist drops its log through the last insert after any seal; an empty seal must have made that
+    insert durable too, or a crash would lose what it stored of the streams (and report false losses)."""
+    from tests.conftest import REPO
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_AFTER_AN_EMPTY_SEAL, str(tmp_path), str(REPO)], timeout=60)
+    assert killed.returncode == -9
+    store = Store(tmp_path / "collector.duckdb", "256MB", 3600)
+    try:
+        assert store.committed_generation() == 2
+        assert store.stream_progress() == sorted(PROGRESS, key=lambda row: row[5])
+    finally:
+        store.con.close()
 
 
 def test_the_log_drops_a_generation_once_a_checkpoint_made_its_insert_durable(tmp_path, monkeypatch):
