@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import platform
 import random
@@ -163,15 +164,25 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
 
 def slope(points: list[tuple[float, float]]) -> float | None:
     """Least-squares slope of (x, y) points."""
-    if len(points) < 2:
-        return None
+    fit = slope_and_error(points)
+    return fit[0] if fit else None
+
+
+def slope_and_error(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least-squares slope of (x, y) points and its standard error (0 with fewer than three points)."""
     n = len(points)
+    if n < 2:
+        return None
     mx = sum(x for x, _ in points) / n
     my = sum(y for _, y in points) / n
     sxx = sum((x - mx) ** 2 for x, _ in points)
     if sxx == 0:
         return None
-    return sum((x - mx) * (y - my) for x, y in points) / sxx
+    b = sum((x - mx) * (y - my) for x, y in points) / sxx
+    if n < 3:
+        return b, 0.0
+    residuals = sum((y - my - b * (x - mx)) ** 2 for x, y in points)
+    return b, math.sqrt(residuals / (n - 2) / sxx)
 
 
 def python() -> str:

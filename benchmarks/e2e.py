@@ -335,10 +335,13 @@ class Run:
         for name in PROCESSES:
             run = [(s["t"], s["rss"].get(name)) for s in self.samples if s["t"] <= t_b and s["rss"].get(name)]
             tail = [(t - t_a, rss / 2**20) for t, rss in run if t >= t_b - window]
+            growth, error = common.slope_and_error(tail) or (None, None)
             out[name] = {
                 "peak_mb": max(rss for _, rss in run) / 2**20 if run else None,
                 "steady_mb": common.median(rss for _, rss in tail),
-                "growth_mb_per_30s": (common.slope(tail) or 0.0) * 30 if len(tail) >= 2 else None,
+                "growth_mb_per_30s": growth * 30 if growth is not None else None,
+                # two standard errors of the slope: a batching process's RSS saw-tooths by tens of MB
+                "growth_noise_mb_per_30s": 2 * error * 30 if error is not None else None,
                 "tail_seconds": window,
             }
         return out

@@ -3,6 +3,7 @@ file: dedup (within a batch, across batches, across seals), seals into zstd Parq
 each step of a seal, the lock against a second process, and the time-bounded memory of stored keys."""
 from __future__ import annotations
 
+import os
 import selectors
 import subprocess
 import sys
@@ -216,6 +217,22 @@ def test_duckdb_spills_beside_the_database_file_not_in_the_working_directory(ope
     store = opened()
     spill = store.con.execute("SELECT current_setting('temp_directory')").fetchall()[0][0]
     assert spill == str(tmp_path / "collector.duckdb.tmp")
+
+
+def duckdb_cached_bytes(store: Store) -> int:
+    return store.con.execute("SELECT sum(memory_usage_bytes) FROM duckdb_memory()").fetchall()[0][0]
+
+
+def test_a_checkpoint_lets_duckdb_forget_the_blocks_it_wrote_and_keeps_the_memory_limit(opened):
+    store = opened()
+    rows = [snapshot(str(n), T0 + n) | {"data": f'{{"id":{n},"pad":"{os.urandom(200).hex()}"}}'} for n in range(100_000)]
+    assert store.insert(table(*rows), [], 1) == len(rows)
+    cached = duckdb_cached_bytes(store)
+    assert cached > 20 * 2**20  # the unsealed rows (~40 MB of JSON), in DuckDB's buffer pool
+    store.checkpoint()
+    assert duckdb_cached_bytes(store) <= 16 * 2**20  # RELEASED_MEMORY_LIMIT
+    assert store.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0] == "244.1 MiB"  # 256MB
+    assert store.pending_rows() == len(rows) and put(store, rows[7], generation=2) == 0  # read back from the file
 
 
 def test_a_failed_insert_stores_nothing_at_all_so_the_retry_is_not_taken_for_a_repeat(opened):
