@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.records import decode_headers, encode_records, gap_event
-from pipeline.storage import GAPS_DDL, SNAPSHOT_SCHEMA, SNAPSHOTS_DDL, Store, StoreLocked, archive_key, batch_from_wire
+from pipeline.storage import (GAPS_DDL, KEY_HASH, SNAPSHOT_SCHEMA, SNAPSHOTS_DDL, Store, StoreLocked, archive_key,
+                              batch_from_wire)
 
 MIDNIGHT = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z in μs
 T0 = 1_723_200_000_123_456  # 2024-08-09T10:40:00.123456Z
@@ -120,6 +121,14 @@ def outbox_files(outbox: Path) -> dict[str, list[dict]]:
 
 def table_rows(store: Store, name: str) -> list[tuple]:
     return store.con.execute(f"SELECT * FROM {name} ORDER BY ALL").fetchall()
+
+
+def remembered(store: Store, *ids: str, exchange: str = "binance", symbol: str = "btcusdt", data_type: str = "trade") -> list[str]:
+    """Which of these ids ``stored_keys`` holds: keys are stored hashed, so the question hashes them too."""
+    return [row[0] for row in store.con.execute(f"""
+        SELECT exchange_sequence_id FROM (SELECT ? AS exchange, ? AS symbol, ? AS data_type,
+                                                 unnest(?::VARCHAR[]) AS exchange_sequence_id)
+        WHERE {KEY_HASH} IN (SELECT key FROM stored_keys) ORDER BY ALL""", [exchange, symbol, data_type, list(ids)]).fetchall()]
 
 
 @pytest.fixture
@@ -243,7 +252,7 @@ def test_a_failed_insert_stores_nothing_at_all_so_the_retry_is_not_taken_for_a_r
         put(store, snapshot("2"), events=(broken_event,), generation=2)
     assert store.committed_generation() == 1
     assert [r[3] for r in table_rows(store, "snapshots")] == ["1"]
-    assert [r[3] for r in table_rows(store, "stored_keys")] == ["1"]
+    assert remembered(store, "1", "2") == ["1"] and len(table_rows(store, "stored_keys")) == 1
     assert table_rows(store, "gaps") == []
     assert put(store, snapshot("2"), events=(GAPS[0],), generation=2) == 1  # the retry stores it
 
@@ -288,10 +297,31 @@ def test_a_repeat_of_a_sealed_row_is_not_stored_again(opened, tmp_path):
     store, outbox = opened(), tmp_path / "outbox"
     put(store, snapshot("1"), snapshot("2"))
     store.seal(outbox, SERVER, 3600)
-    assert ("binance", "btcusdt", "trade", "1") in {r[:4] for r in table_rows(store, "stored_keys")}
+    assert remembered(store, "1", "2") == ["1", "2"]
     assert put(store, snapshot("1", T0 + 60_000_000), snapshot("3", T0 + 60_000_000)) == 1
     assert store.seal(outbox, SERVER, 3600)[0].name == f"{T0 + 60_000_000}.parquet"
     assert [r["exchange_sequence_id"] for rows in outbox_files(outbox).values() for r in rows] == ["1", "2", "3"]
+
+
+def test_keys_that_only_differ_where_the_symbol_ends_are_different_keys(opened):
+    store = opened()
+    assert put(store, snapshot("c", symbol="a\x00b"), snapshot("b\x00c", symbol="a")) == 2
+    assert put(store, snapshot("c", symbol="a\x00b", ts=T0 + 9), snapshot("b\x00c", symbol="a", ts=T0 + 9)) == 0
+
+
+def test_a_file_with_the_unhashed_stored_keys_of_an_older_version_keeps_its_dedup_memory(tmp_path):
+    path = tmp_path / "collector.duckdb"
+    with duckdb.connect(str(path)) as con:  # the layout before keys were hashed
+        con.execute("CREATE TABLE stored_keys (exchange VARCHAR, symbol VARCHAR, data_type VARCHAR, "
+                    "exchange_sequence_id VARCHAR, seen_at BIGINT)")
+        con.execute("INSERT INTO stored_keys VALUES ('binance', 'btcusdt', 'trade', '1', ?)", [T0])
+    store = Store(path, "256MB")
+    try:
+        assert remembered(store, "1", "2") == ["1"]
+        assert put(store, snapshot("1", T0 + 5), snapshot("2", T0 + 5)) == 1
+        assert sorted(row[1] for row in table_rows(store, "stored_keys")) == [T0, T0 + 5]  # when each was seen, kept
+    finally:
+        store.close()
 
 
 def test_stored_keys_are_forgotten_after_the_dedup_window_plus_an_archive_interval(opened, tmp_path):
@@ -300,7 +330,7 @@ def test_stored_keys_are_forgotten_after_the_dedup_window_plus_an_archive_interv
     newest = horizon + 70_000_000
     put(store, snapshot("old", horizon - 1), snapshot("edge", horizon), snapshot("new", newest))
     store.seal(outbox, SERVER, 60)
-    assert sorted(r[3] for r in table_rows(store, "stored_keys")) == ["edge", "new"]
+    assert remembered(store, "old", "edge", "new") == ["edge", "new"] and len(table_rows(store, "stored_keys")) == 2
     # an id restarted by the exchange long after is a real event again; a key still remembered is a repeat
     assert put(store, snapshot("old", newest + 1), snapshot("edge", newest + 1), snapshot("new", newest + 1)) == 1
     assert [r[3] for r in table_rows(store, "snapshots")] == ["old"]
