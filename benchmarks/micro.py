@@ -321,13 +321,45 @@ def archive(files: list[Path], port: int, folder: Path, extra_mb: int) -> dict:
             "put_mb_per_s": total_bytes / 2**20 / put_seconds, "verify_seconds": verify_seconds}
 
 
+def persist_after_an_hour(window_keys: int, total_rows: int, batch_rows: int, folder: Path) -> dict:
+    """``Store.insert`` of fresh trades into a store that already remembers ``window_keys`` keys received
+    over the last hour, as persist's does after an hour at window_keys / 3600 records/s."""
+    import pyarrow as pa
+
+    from pipeline.storage import SNAPSHOT_SCHEMA, Store, batch_from_wire
+
+    folder.mkdir(parents=True, exist_ok=True)
+    store = Store(folder / "collector.duckdb", "1GB", 3600.0)
+    hour_ago, step = time.time_ns() // 1000 - 3_600_000_000, 3_600_000_000 // max(1, window_keys)
+    store.con.execute(f"INSERT INTO stored_keys SELECT md5_number(i::VARCHAR), {hour_ago} + i * {step} "
+                      f"FROM range({window_keys}) AS keys(i)")
+    store.checkpoint()
+    insert = _inserter(store)
+    rows = 0
+    seconds = 0.0
+    next_id = 6_000_000_000
+    try:
+        while rows < total_rows:
+            messages = _wire_messages(next_id, batch_rows)
+            next_id += batch_rows
+            table = pa.Table.from_batches([batch_from_wire(r, d) for r, d in messages], schema=SNAPSHOT_SCHEMA)
+            started = time.perf_counter()
+            rows += insert(table)
+            seconds += time.perf_counter() - started
+    finally:
+        store.close()
+    return {"window_keys": window_keys, "rows": rows, "batch_rows": batch_rows,
+            "rows_per_s": rows / seconds if seconds else None}
+
+
 def run_all(seconds: float, total_keys: int, batch_rows: int, archive_extra_mb: int, moto_port: int | None,
-            book_rows: int = 300_000, book_batch: int = 15_000) -> dict:
+            book_rows: int = 300_000, book_batch: int = 15_000, hour_keys: int = 20_000_000) -> dict:
     folder = Path(tempfile.mkdtemp(prefix="bench-micro-"))
     try:
         out = {"parse": parse(seconds), "check": check(seconds)}
         out["persist"] = persist(total_keys, batch_rows, folder, moto_port, archive_extra_mb)
         out["persist_books"] = persist_books(book_rows, book_batch, folder / "books")
+        out["persist_hour"] = persist_after_an_hour(hour_keys, total_keys // 3, batch_rows, folder / "hour")
         return out
     finally:
         shutil.rmtree(folder, ignore_errors=True)

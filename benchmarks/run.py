@@ -30,10 +30,10 @@ TARGETS = {
 }
 FULL = dict(runs=3, duration=60.0, warmup=3.0, ceiling_seconds=10.0, zmq_seconds=5.0, micro_seconds=1.0,
             persist_keys=3_000_000, persist_batch=60_000, archive_extra_mb=32, probe_seconds=20.0, search_steps=5,
-            book_rows=300_000, book_batch=15_000)
+            book_rows=300_000, book_batch=15_000, hour_keys=20_000_000)
 QUICK = dict(runs=1, duration=3.0, warmup=1.0, ceiling_seconds=0.5, zmq_seconds=0.5, micro_seconds=0.1,
              persist_keys=60_000, persist_batch=20_000, archive_extra_mb=2, probe_seconds=2.0, search_steps=1,
-             book_rows=20_000, book_batch=10_000)
+             book_rows=20_000, book_batch=10_000, hour_keys=100_000)
 
 
 def code_state() -> dict:
@@ -236,7 +236,7 @@ def measure_micro(s: dict) -> list[dict]:
             log(f"micro: parse, check, persist ({s['persist_keys']:,} keys), seal, archive; run {i + 1}/{s['runs']}")
             await_quiet(s)
             runs.append(micro.run_all(s["micro_seconds"], s["persist_keys"], s["persist_batch"], s["archive_extra_mb"], port,
-                                      s["book_rows"], s["book_batch"]))
+                                      s["book_rows"], s["book_batch"], s["hour_keys"]))
     finally:
         if moto is not None:
             moto.terminate()
@@ -331,7 +331,7 @@ def expected_row_keys() -> list[str]:
     keys += [f"ceiling.zmq.{mode}.{size}" for mode, size in ZMQ_CASES]
     keys += [f"micro.parse.{name}.{kind}" for name in EXCHANGES for kind in ("trade", "book")]
     keys += ["micro.check", "micro.persist.receive"] + [f"micro.persist.insert.{k}" for k in range(3)]
-    keys += ["micro.persist.books", "micro.seal", "micro.archive"]
+    keys += ["micro.persist.hour", "micro.persist.books", "micro.seal", "micro.archive"]
     keys += [f"memory.{feed}.{proc}" for feed in FEEDS for proc in PROCESSES]
     keys += [f"latency.{feed}" for feed in FEEDS]
     return keys
@@ -461,6 +461,11 @@ def build_table(res: dict, s: dict) -> Table:
         t.add(f"micro.persist.insert.{k}", f"persist insert (dedup), stored_keys {span}, rows/s", fmt(value), spread(rates),
               f">= {TARGETS['persist']:,}", value is not None and value >= TARGETS["persist"],
               f"Store.insert, {fmt(s['persist_batch'])}-row Arrow tables" + (f"; all-duplicate batch {fmt(dup)}/s" if k == 2 else ""))
+    hour = [(m.get("persist_hour") or {}).get("rows_per_s") for m in mic]
+    t.add("micro.persist.hour", f"persist insert (dedup), an hour of keys ({_short(s['hour_keys'])}) stored, rows/s",
+          fmt(median(hour)), spread(hour), f">= {TARGETS['persist']:,}", median(hour) is not None and median(hour) >= TARGETS["persist"],
+          f"keys received over the last hour, as after an hour at {fmt(s['hour_keys'] / 3600)} records/s; "
+          f"{fmt(s['persist_keys'] // 3)} fresh rows")
     books = [(m.get("persist_books") or {}).get("rows_per_s") for m in mic]
     book_mb = median((m.get("persist_books") or {}).get("mb_per_s") for m in mic)
     t.add("micro.persist.books", "persist insert (dedup), book rows, rows/s", fmt(median(books)), spread(books), "", None,

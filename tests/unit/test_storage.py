@@ -98,6 +98,11 @@ def snapshot(id_: str = "1", ts: int = T0, exchange: str = "binance", symbol: st
                 data=f'{{"id":"{id_}","ts":{ts}}}')
 
 
+def repeat(row: dict, ts: int) -> dict:
+    """The same exchange message received again at ``ts``: same id, event time and data."""
+    return dict(row, timestamp_collector=ts)
+
+
 def table(*rows: dict) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=SNAPSHOT_SCHEMA)
 
@@ -128,7 +133,12 @@ def remembered(store: Store, *ids: str, exchange: str = "binance", symbol: str =
     return [row[0] for row in store.con.execute(f"""
         SELECT exchange_sequence_id FROM (SELECT ? AS exchange, ? AS symbol, ? AS data_type,
                                                  unnest(?::VARCHAR[]) AS exchange_sequence_id)
-        WHERE {KEY_HASH} IN (SELECT key FROM stored_keys) ORDER BY ALL""", [exchange, symbol, data_type, list(ids)]).fetchall()]
+        WHERE {KEY_HASH} IN (SELECT key FROM stored_keys UNION ALL SELECT key FROM untimed_keys) ORDER BY ALL""",
+        [exchange, symbol, data_type, list(ids)]).fetchall()]
+
+
+def stored_key_count(store: Store) -> int:
+    return len(table_rows(store, "stored_keys")) + len(table_rows(store, "untimed_keys"))
 
 
 @pytest.fixture
@@ -252,7 +262,7 @@ def test_a_failed_insert_stores_nothing_at_all_so_the_retry_is_not_taken_for_a_r
         put(store, snapshot("2"), events=(broken_event,), generation=2)
     assert store.committed_generation() == 1
     assert [r[3] for r in table_rows(store, "snapshots")] == ["1"]
-    assert remembered(store, "1", "2") == ["1"] and len(table_rows(store, "stored_keys")) == 1
+    assert remembered(store, "1", "2") == ["1"] and stored_key_count(store) == 1
     assert table_rows(store, "gaps") == []
     assert put(store, snapshot("2"), events=(GAPS[0],), generation=2) == 1  # the retry stores it
 
@@ -298,9 +308,25 @@ def test_a_repeat_of_a_sealed_row_is_not_stored_again(opened, tmp_path):
     put(store, snapshot("1"), snapshot("2"))
     store.seal(outbox, SERVER, 3600)
     assert remembered(store, "1", "2") == ["1", "2"]
-    assert put(store, snapshot("1", T0 + 60_000_000), snapshot("3", T0 + 60_000_000)) == 1
+    assert put(store, repeat(snapshot("1"), T0 + 60_000_000), snapshot("3", T0 + 60_000_000)) == 1
     assert store.seal(outbox, SERVER, 3600)[0].name == f"{T0 + 60_000_000}.parquet"
     assert [r["exchange_sequence_id"] for rows in outbox_files(outbox).values() for r in rows] == ["1", "2", "3"]
+
+
+MINUTE = 60_000_000
+
+
+@pytest.mark.parametrize("event_time", [T0 - 1000, T0 + 50 * 1_000_000, None],
+                         ids=["event-before-receipt", "exchange-clock-50s-ahead", "no-event-time"])
+def test_a_repeat_long_after_its_original_is_caught_among_newer_keys(event_time, opened):
+    store = opened()
+    original = snapshot("1", T0, ts_exchange=event_time) if event_time is not None else dict(snapshot("1", T0), timestamp_exchange=None)
+    assert put(store, original) == 1
+    for minute in range(1, 40):  # newer keys, in row groups of their own
+        later = T0 + minute * MINUTE
+        assert put(store, *(snapshot(f"{minute}-{n}", later + n) for n in range(9000)), generation=minute + 1) == 9000
+    assert put(store, repeat(original, T0 + 40 * MINUTE), snapshot("new", T0 + 40 * MINUTE), generation=99) == 1
+    assert store.con.execute("SELECT count(*) FROM snapshots WHERE exchange_sequence_id = '1'").fetchall() == [(1,)]
 
 
 def test_keys_that_only_differ_where_the_symbol_ends_are_different_keys(opened):
@@ -319,7 +345,7 @@ def test_a_file_with_the_unhashed_stored_keys_of_an_older_version_keeps_its_dedu
     try:
         assert remembered(store, "1", "2") == ["1"]
         assert put(store, snapshot("1", T0 + 5), snapshot("2", T0 + 5)) == 1
-        assert sorted(row[1] for row in table_rows(store, "stored_keys")) == [T0, T0 + 5]  # when each was seen, kept
+        assert [row[1] for row in table_rows(store, "untimed_keys")] == [T0]  # when it was seen, kept
     finally:
         store.close()
 
@@ -330,9 +356,10 @@ def test_stored_keys_are_forgotten_after_the_dedup_window_plus_an_archive_interv
     newest = horizon + 70_000_000
     put(store, snapshot("old", horizon - 1), snapshot("edge", horizon), snapshot("new", newest))
     store.seal(outbox, SERVER, 60)
-    assert remembered(store, "old", "edge", "new") == ["edge", "new"] and len(table_rows(store, "stored_keys")) == 2
+    assert remembered(store, "old", "edge", "new") == ["edge", "new"] and stored_key_count(store) == 2
     # an id restarted by the exchange long after is a real event again; a key still remembered is a repeat
-    assert put(store, snapshot("old", newest + 1), snapshot("edge", newest + 1), snapshot("new", newest + 1)) == 1
+    assert put(store, snapshot("old", newest + 1), repeat(snapshot("edge", horizon), newest + 1),
+               repeat(snapshot("new", newest), newest + 1)) == 1
     assert [r[3] for r in table_rows(store, "snapshots")] == ["old"]
 
 
@@ -472,7 +499,7 @@ def test_after_a_crash_the_next_seal_finishes_the_old_one_and_seals_the_new_rows
 
     restarted = opened()
     later = T0 + 3_600_000_000
-    assert put(restarted, snapshot("1", later), snapshot("3", later)) == 1  # "1" was sealed before the crash
+    assert put(restarted, repeat(SAMPLE[0], later), snapshot("3", later)) == 1  # "1" was sealed before the crash
     files = restarted.seal(outbox, SERVER, 3600)
     assert f"binance/btcusdt/{SERVER}/{DAY0}/{later}.parquet" in {p.relative_to(outbox).as_posix() for p in files}
     ids = [(r["exchange"], r["symbol"], r["data_type"], r["exchange_sequence_id"]) for rows in outbox_files(outbox).values() for r in rows]
