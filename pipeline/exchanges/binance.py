@@ -12,6 +12,7 @@ import orjson
 
 from pipeline.exchanges.base import (
     COMMON_QUOTES,
+    MAX_INT,
     Exchange,
     Feed,
     Parsed,
@@ -20,11 +21,13 @@ from pipeline.exchanges.base import (
     control,
     malformed,
     ms_to_us,
+    new_tuple,
     split_pair,
 )
 from pipeline.records import Record
 
 BOOK, TRADE = "@depth20@100ms", "@trade"
+MAX_MS = MAX_INT // 1000
 STREAMS = {"orderbook": BOOK, "trades": TRADE}
 
 
@@ -58,10 +61,13 @@ def parse(frame: bytes) -> Parsed:
     if isinstance(stream, str) and isinstance(data, dict):
         symbol, _, channel = stream.partition("@")
         if channel == "trade":
-            trade_id = as_int(data["t"])
-            return Parsed(
-                records=(Record(symbol, "trade", str(trade_id), ms_to_us(data["E"]), frame, trade_id, trade_id - 1),)
-            )
+            trade_id, event_time = data["t"], data["E"]
+            if type(trade_id) is int and type(event_time) is int and 0 <= trade_id <= MAX_INT and 0 <= event_time <= MAX_MS:
+                event_time *= 1000  # the common case, checked inline
+            else:
+                trade_id, event_time = as_int(trade_id), ms_to_us(event_time)
+            record = new_tuple(Record, (symbol, "trade", str(trade_id), event_time, frame, trade_id, trade_id - 1, False))
+            return new_tuple(Parsed, ((record,), None, None, None, None))
         if channel == "depth20@100ms":
             update_id = as_int(data["lastUpdateId"])
             if not isinstance(data.get("bids"), list) or not isinstance(data.get("asks"), list):
