@@ -23,7 +23,7 @@ never runs.
 Dedup is an anti-join against the stored keys instead of a UNIQUE index: an index costs 3-4x on
 insert and makes the seal's delete ~1000x slower than swapping a table. A repeat is the same exchange
 message again, so it carries its original's event time, and its original was received after that
-event (give or take the exchange's clock, EXCHANGE_CLOCK_SLACK_SECS). The anti-join of a batch
+event (give or take the exchange's clock: ``_repeats_received_since``). The anti-join of a batch
 therefore reads only the keys received since its oldest event time: DuckDB skips older row groups by
 their min/max of ``seen_at``, and an insert costs what the batch holds, not what the window holds (a
 full scan costs ~20 ns a stored key: at 5,000 records/s, two hours of keys are 36 M, ~0.7 s a batch).
@@ -67,18 +67,18 @@ GAP_FIELDS = tuple(gap_event("", "", "", "", 0, None))
 GAPS_DDL = """CREATE TABLE IF NOT EXISTS gaps (
     kind VARCHAR NOT NULL, exchange VARCHAR NOT NULL, symbol VARCHAR NOT NULL, data_type VARCHAR NOT NULL,
     expected VARCHAR, received VARCHAR, missing BIGINT, start_time BIGINT NOT NULL, end_time BIGINT)"""
-# A stored key is the 128-bit MD5 of the four key columns: each insert's anti-join against every key of
-# the window then hashes one number a key instead of four strings (2.6x faster at 3M keys, measured), and
-# a key takes 16 bytes. MD5 for its width, not for secrecy: two different keys share a hash with odds of
+# A stored key is the 128-bit MD5 of the four key columns: each insert's anti-join then hashes one
+# number a stored key instead of four strings (2.6x faster at 3M keys, measured), and a key takes 16 bytes. MD5 for its width, not for secrecy: two different keys share a hash with odds of
 # ~1e-22 among 200M keys. exchange and data_type are the adapters' own names, never holding NUL, and the
 # symbol's length marks where it ends, so two different keys never hash the same text.
 KEY_HASH = "md5_number(concat_ws(chr(0), exchange, data_type, length(symbol), symbol, exchange_sequence_id))"
 KEYS_DDL = "CREATE TABLE IF NOT EXISTS stored_keys (key UHUGEINT, seen_at BIGINT)"
 UNTIMED_KEYS_DDL = "CREATE TABLE IF NOT EXISTS untimed_keys (key UHUGEINT, seen_at BIGINT)"
 KEY_TABLES = ("stored_keys", "untimed_keys")
-# how far an exchange's clock may run ahead of ours and a repeat still be caught (check reports the skew
-# as negative latency long before it gets near this)
-EXCHANGE_CLOCK_SLACK_SECS = 60
+# How far an exchange's clock may move against ours between an original and its repeat, the repeat still
+# caught. A steady skew costs nothing: each batch shows it (event times after receipt) and the bound moves
+# back by as much. NTP keeps the clocks within milliseconds; a repeat missed stores a row twice, no loss.
+EXCHANGE_CLOCK_SLACK_SECS = 10
 STATE_DDL = "CREATE TABLE IF NOT EXISTS persist_state (name VARCHAR PRIMARY KEY, value BIGINT)"
 PROGRESS_SCHEMA = pa.schema([
     ("exchange", pa.string()), ("symbol", pa.string()), ("data_type", pa.string()), ("epoch", pa.string()),
@@ -207,8 +207,7 @@ class Store:
             con.execute("BEGIN TRANSACTION")
             if table is not None:
                 # the first of each key in the batch (earliest receipt), unless the window holds it already
-                oldest = self._scalar("SELECT min(least(timestamp_exchange, timestamp_collector)) FROM incoming_keys")
-                since = MAX_INT64 if oldest is None else oldest - EXCHANGE_CLOCK_SLACK_SECS * 1_000_000
+                since = self._repeats_received_since()
                 con.execute(f"""
                     CREATE OR REPLACE TEMP TABLE fresh_keys AS
                     WITH firsts AS (SELECT {KEY_HASH} AS key, min(timestamp_collector) AS seen_at,
@@ -246,6 +245,17 @@ class Store:
             if table is not None:
                 con.unregister("incoming_keys")
         return inserted
+
+    def _repeats_received_since(self) -> int:
+        """The earliest receipt time an original of a record in ``incoming_keys`` can have: its event
+        time, earlier by how far the exchange's clock runs ahead of ours in this batch, and the slack."""
+        oldest, ahead = self.con.execute(
+            "SELECT min(least(timestamp_exchange, timestamp_collector)),"
+            " max(timestamp_exchange::HUGEINT - timestamp_collector) FROM incoming_keys").fetchall()[0]
+        if oldest is None:
+            return MAX_INT64
+        since = oldest - max(ahead or 0, 0) - EXCHANGE_CLOCK_SLACK_SECS * 1_000_000
+        return max(since, -MAX_INT64)
 
     def pending_rows(self) -> int:
         return self._scalar("SELECT count(*) FROM snapshots")

@@ -316,17 +316,27 @@ def test_a_repeat_of_a_sealed_row_is_not_stored_again(opened, tmp_path):
 MINUTE = 60_000_000
 
 
-@pytest.mark.parametrize("event_time", [T0 - 1000, T0 + 50 * 1_000_000, None],
-                         ids=["event-before-receipt", "exchange-clock-50s-ahead", "no-event-time"])
-def test_a_repeat_long_after_its_original_is_caught_among_newer_keys(event_time, opened):
+@pytest.mark.parametrize("ahead_then, ahead_now", [(-1000, -1000), (50_000_000, 50_000_000), (5_000_000, -1000), (None, None)],
+                         ids=["event-before-receipt", "exchange-clock-50s-ahead", "exchange-clock-moved-5s", "no-event-time"])
+def test_a_repeat_long_after_its_original_is_caught_among_newer_keys(ahead_then, ahead_now, opened):
+    """``ahead_*``: the exchange's event time minus our receipt time, when the original came and when the repeat did."""
     store = opened()
-    original = snapshot("1", T0, ts_exchange=event_time) if event_time is not None else dict(snapshot("1", T0), timestamp_exchange=None)
+    original = dict(snapshot("1", T0), timestamp_exchange=None if ahead_then is None else T0 + ahead_then)
     assert put(store, original) == 1
     for minute in range(1, 40):  # newer keys, in row groups of their own
         later = T0 + minute * MINUTE
         assert put(store, *(snapshot(f"{minute}-{n}", later + n) for n in range(9000)), generation=minute + 1) == 9000
-    assert put(store, repeat(original, T0 + 40 * MINUTE), snapshot("new", T0 + 40 * MINUTE), generation=99) == 1
+    now = T0 + 40 * MINUTE
+    fresh = dict(snapshot("new", now), timestamp_exchange=None if ahead_now is None else now + ahead_now)
+    assert put(store, repeat(original, now), fresh, generation=99) == 1
     assert store.con.execute("SELECT count(*) FROM snapshots WHERE exchange_sequence_id = '1'").fetchall() == [(1,)]
+
+
+def test_event_times_at_the_ends_of_the_64_bit_range_are_stored_and_deduplicated(opened):
+    store = opened()
+    extremes = [snapshot("low", T0, ts_exchange=-(2**63 - 2)), snapshot("high", T0, ts_exchange=2**63 - 2)]
+    assert put(store, *extremes) == 2
+    assert put(store, *(repeat(row, T0 + MINUTE) for row in extremes), generation=2) == 0
 
 
 def test_keys_that_only_differ_where_the_symbol_ends_are_different_keys(opened):
