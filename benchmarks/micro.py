@@ -37,6 +37,12 @@ FIXTURES = {
 }
 
 
+def _best_loop(work, items: list, seconds: float, tries: int = 5) -> tuple[int, float, int]:
+    """``_timed_loop`` ``tries`` times for ``seconds / tries`` each; the fastest try. As ``timeit`` advises:
+    on a shared VM a slow try measures the neighbours, the fastest one the code."""
+    return max((_timed_loop(work, items, seconds / tries) for _ in range(tries)), key=lambda t: t[0] / t[1])
+
+
 def _timed_loop(work, items: list, seconds: float) -> tuple[int, float, int]:
     """Calls ``work`` on the items round and round for about ``seconds``; (calls, seconds, sum of results)."""
     calls = produced = 0
@@ -68,7 +74,7 @@ def parse(seconds: float) -> dict:
                 continue
             records = [len(exchange.parse(f).records) for f in frames]
             errors = sum(1 for f in frames if exchange.parse_safely(f).error is not None)
-            calls, elapsed, produced = _timed_loop(lambda f, p=exchange.parse: len(p(f).records), frames, seconds)
+            calls, elapsed, produced = _best_loop(lambda f, p=exchange.parse: len(p(f).records), frames, seconds)
             out[name][kind] = {
                 "frames_per_s": calls / elapsed,
                 "records_per_s": produced / elapsed,
