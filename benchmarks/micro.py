@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -369,3 +371,8 @@ def run_all(seconds: float, total_keys: int, batch_rows: int, archive_extra_mb: 
         return out
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    # a fresh process, as each stage is: run_all's keyword arguments as JSON in, its result as JSON out
+    print(json.dumps(run_all(**json.loads(sys.argv[1]))), flush=True)
