@@ -444,7 +444,7 @@ def build_table(res: dict, s: dict) -> Table:
             value = median(rates)
             target = TARGETS["parse.trade"] if kind == "trade" else None
             first = entries[0] if entries else {}
-            note = first.get("error") or f"{first.get('source', '?')}, {fmt(first.get('mean_bytes'))} B avg; fastest of 5 tries a run"
+            note = first.get("error") or f"{first.get('source', '?')}, {fmt(first.get('mean_bytes'))} B avg; fastest of 5 tries a run, taken in turns"
             t.add(f"micro.parse.{name}.{kind}", f"parse {name} {kind}s, frames/s/core", fmt(value), spread(rates),
                   f">= {target:,}" if target else "", (value is not None and value >= target) if target else None, note)
     checks = [(m.get("check") or {}).get("check_per_s") for m in mic]
