@@ -259,19 +259,29 @@ def persist(total_keys: int, batch_rows: int, folder: Path, moto_port: int | Non
 
 def persist_books(total_rows: int, batch_rows: int, folder: Path) -> dict:
     """``Store.insert`` of depth20 book rows (~1.37 KB of raw JSON each) into a fresh store."""
-    import pyarrow as pa
-
-    from pipeline.storage import SNAPSHOT_SCHEMA, Store, batch_from_wire
+    from pipeline.storage import Store
 
     folder.mkdir(parents=True, exist_ok=True)
-    store = Store(folder / "collector.duckdb", "1GB", 3600.0)
+    rows, seconds = _timed_inserts(Store(folder / "collector.duckdb", "1GB", 3600.0), total_rows, batch_rows,
+                                   40_000_000_000, books=True)
+    return {"rows": rows, "batch_rows": batch_rows, "rows_per_s": rows / seconds if seconds else None,
+            "mb_per_s": rows * 1368 / 2**20 / seconds if seconds else None}
+
+
+def _timed_inserts(store, total_rows: int, batch_rows: int, first_id: int, books: bool = False) -> tuple[int, float]:
+    """Fresh rows, inserted as persist inserts them until ``total_rows`` are stored, then the store
+    closed: (rows, seconds spent in the inserts)."""
+    import pyarrow as pa
+
+    from pipeline.storage import SNAPSHOT_SCHEMA, batch_from_wire
+
     insert = _inserter(store)
     rows = 0
     seconds = 0.0
-    next_id = 40_000_000_000
+    next_id = first_id
     try:
         while rows < total_rows:
-            messages = _wire_messages(next_id, batch_rows, books=True)
+            messages = _wire_messages(next_id, batch_rows, books=books)
             next_id += batch_rows
             table = pa.Table.from_batches([batch_from_wire(r, d) for r, d in messages], schema=SNAPSHOT_SCHEMA)
             started = time.perf_counter()
@@ -279,8 +289,7 @@ def persist_books(total_rows: int, batch_rows: int, folder: Path) -> dict:
             seconds += time.perf_counter() - started
     finally:
         store.close()
-    return {"rows": rows, "batch_rows": batch_rows, "rows_per_s": rows / seconds if seconds else None,
-            "mb_per_s": rows * 1368 / 2**20 / seconds if seconds else None}
+    return rows, seconds
 
 
 def start_moto() -> tuple[subprocess.Popen, int]:
@@ -333,9 +342,7 @@ def archive(files: list[Path], port: int, folder: Path, extra_mb: int) -> dict:
 def persist_after_an_hour(window_keys: int, total_rows: int, batch_rows: int, folder: Path) -> dict:
     """``Store.insert`` of fresh trades into a store that already remembers ``window_keys`` keys received
     over the last hour, as persist's does after an hour at window_keys / 3600 records/s."""
-    import pyarrow as pa
-
-    from pipeline.storage import SNAPSHOT_SCHEMA, Store, batch_from_wire
+    from pipeline.storage import Store
 
     folder.mkdir(parents=True, exist_ok=True)
     store = Store(folder / "collector.duckdb", "1GB", 3600.0)
@@ -343,20 +350,7 @@ def persist_after_an_hour(window_keys: int, total_rows: int, batch_rows: int, fo
     store.con.execute(f"INSERT INTO stored_keys SELECT md5_number(i::VARCHAR), {hour_ago} + i * {step} "
                       f"FROM range({window_keys}) AS keys(i)")
     store.checkpoint()
-    insert = _inserter(store)
-    rows = 0
-    seconds = 0.0
-    next_id = 6_000_000_000
-    try:
-        while rows < total_rows:
-            messages = _wire_messages(next_id, batch_rows)
-            next_id += batch_rows
-            table = pa.Table.from_batches([batch_from_wire(r, d) for r, d in messages], schema=SNAPSHOT_SCHEMA)
-            started = time.perf_counter()
-            rows += insert(table)
-            seconds += time.perf_counter() - started
-    finally:
-        store.close()
+    rows, seconds = _timed_inserts(store, total_rows, batch_rows, 6_000_000_000)
     return {"window_keys": window_keys, "rows": rows, "batch_rows": batch_rows,
             "rows_per_s": rows / seconds if seconds else None}
 
