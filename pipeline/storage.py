@@ -68,8 +68,9 @@ GAPS_DDL = """CREATE TABLE IF NOT EXISTS gaps (
     kind VARCHAR NOT NULL, exchange VARCHAR NOT NULL, symbol VARCHAR NOT NULL, data_type VARCHAR NOT NULL,
     expected VARCHAR, received VARCHAR, missing BIGINT, start_time BIGINT NOT NULL, end_time BIGINT)"""
 # A stored key is the 128-bit MD5 of the four key columns: each insert's anti-join then hashes one
-# number a stored key instead of four strings (2.6x faster at 3M keys, measured), and a key takes 16 bytes. MD5 for its width, not for secrecy: two different keys share a hash with odds of
-# ~1e-22 among 200M keys. exchange and data_type are the adapters' own names, never holding NUL, and the
+# number a stored key instead of four strings (2.6x faster at 3M keys, measured), and a key takes 16
+# bytes. MD5 for its width, not for secrecy: two different keys share a hash with odds of ~1e-22 among
+# 200M keys. exchange and data_type are the adapters' own names, never holding NUL, and the
 # symbol's length marks where it ends, so two different keys never hash the same text.
 KEY_HASH = "md5_number(concat_ws(chr(0), exchange, data_type, length(symbol), symbol, exchange_sequence_id))"
 KEYS_DDL = "CREATE TABLE IF NOT EXISTS stored_keys (key UHUGEINT, seen_at BIGINT)"
